@@ -5,3 +5,9 @@ Importing the package registers the environment ids (``CIMBlockDrop-v0``, ``CIME
 """
 
 __version__ = "0.1.0"
+
+from cim_gym.envs.registration import register_envs
+
+register_envs()
+
+__all__ = ["__version__", "register_envs"]

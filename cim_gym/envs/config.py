@@ -1,0 +1,153 @@
+"""`EnvConfig`: every setting of a cim-gym environment in one validated, JSON-safe dataclass.
+
+``gym.make("CIMBlockDrop-v0", **kwargs)`` passes its keyword arguments here, so a bad one fails with a message that
+names the argument, its value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+OBS_MODES = ("features", "image")
+REWARDS = ("accuracy", "blockdrop", "energy")
+SPLITS = ("train", "val", "test")
+NOISE_SOURCES = ("programming", "read", "output")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"{name}={value!r} is not allowed: expected {allowed}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Settings shared by every cim-gym environment (keyword arguments of ``gym.make``)."""
+
+    dataset: str = "digits"
+    """Data set of the images and of the backbone: digits, fashion-mnist, mnist, cifar10, cifar100."""
+    depth: int | None = None
+    """ResNet depth of the backbone (6n+2); None takes the environment's default (see its docstring)."""
+    split: str = "train"
+    """Which split episodes draw images from: train, val or test (train policies on train, report on test)."""
+    data_root: str | None = None
+    """Folder of the data set files (torchvision layout); None uses the default cache folder."""
+    cim: str | dict[str, Any] = "ideal"
+    """The chip: a preset name (see ``cim_gym.hardware.PRESETS``; "ideal" = NeuroSim cells, ideal ADC), a
+    ``CIMConfig`` dict, or ``{"preset": name, **overrides}``. Its noise std for the
+    noise source below is replaced by each chip's sigma; everything else stays fixed (the control variables)."""
+    noise_source: str = "programming"
+    """What sigma scales: "programming" variation (default, the proposal's), "read" noise or "output" noise."""
+    sigmas: tuple[float, ...] | None = None
+    """The chip sigmas, explicitly; None means ``num_sigmas`` values evenly spaced over ``sigma_range``."""
+    sigma_range: tuple[float, float] = (0.0, 0.1)
+    """(low, high) of the sigma grid when ``sigmas`` is None."""
+    num_sigmas: int = 11
+    """Points of the sigma grid when ``sigmas`` is None."""
+    chips_per_sigma: int = 4
+    """Independent chips programmed per sigma value: the pool holds ``len(sigmas) * chips_per_sigma`` chips."""
+    chip_seed: int | None = None
+    """Seed of the chip pool. None draws it from the environment's seed at the first ``reset``; pin it to give
+    several methods the very same chips."""
+    refresh_chips_every: int | None = None
+    """Replace the pool by newly programmed chips every this many episodes (None: never)."""
+    chips_per_batch: int | None = None
+    """Vector environments only: at most this many distinct chips per batched step (fewer, larger forwards); None
+    lets every episode draw its chip independently."""
+    obs_mode: str = "features"
+    """"features": a fixed-length description of the image from the frozen digital encoder (the clean backbone's
+    stem and first stage, pooled). "image": the normalized image, for CNN policies."""
+    observe_sigma: bool = True
+    """Put the chip's sigma in the observation (False: the noise-unaware ablation)."""
+    reward: str = "accuracy"
+    """"accuracy": 1 when correct, -penalty when wrong (the proposal's). "blockdrop": 1 - usage^2 when correct,
+    -penalty when wrong (BlockDrop's). "energy": the accuracy reward minus energy_price * energy / full-path energy."""
+    penalty: float = 1.0
+    """Size of the negative reward for a wrong prediction (BlockDrop's gamma in the "blockdrop" reward); >= 0."""
+    energy_price: float = 0.5
+    """Price per full-path energy in the "energy" reward; >= 0."""
+    calibration_images: int = 256
+    """Training images used once to calibrate ADC and output ranges of the chips."""
+    device: str = "auto"
+    """"auto" (CUDA when present), "cpu" or "cuda"."""
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments of ``cim_gym.backbones.load_backbone`` (e.g. a variant)."""
+
+    def __post_init__(self) -> None:
+        from cim_gym.data import DATASETS
+
+        if self.dataset not in DATASETS:
+            _fail("dataset", self.dataset, f"one of {sorted(DATASETS)}")
+        if self.depth is not None and (not isinstance(self.depth, int) or isinstance(self.depth, bool)):
+            _fail("depth", self.depth, "None or an integer 6n+2")
+        for name, value, choices in (
+            ("split", self.split, SPLITS),
+            ("noise_source", self.noise_source, NOISE_SOURCES),
+            ("obs_mode", self.obs_mode, OBS_MODES),
+            ("reward", self.reward, REWARDS),
+            ("device", self.device, DEVICES),
+        ):
+            if value not in choices:
+                _fail(name, value, f"one of {choices}")
+        if not isinstance(self.cim, (str, dict)):
+            _fail("cim", self.cim, "a preset name or a CIMConfig dict")
+        if self.sigmas is not None:
+            sigmas = tuple(self.sigmas)
+            if not sigmas or not all(_is_number(s) and s >= 0 for s in sigmas) or len(set(sigmas)) != len(sigmas):
+                _fail("sigmas", self.sigmas, "a non-empty sequence of distinct finite numbers >= 0")
+            object.__setattr__(self, "sigmas", tuple(float(s) for s in sigmas))
+        rng = tuple(self.sigma_range)
+        if len(rng) != 2 or not all(_is_number(s) for s in rng) or not 0 <= rng[0] <= rng[1]:
+            _fail("sigma_range", self.sigma_range, "(low, high) with 0 <= low <= high")
+        object.__setattr__(self, "sigma_range", (float(rng[0]), float(rng[1])))
+        for name, value, lo in (
+            ("num_sigmas", self.num_sigmas, 1),
+            ("chips_per_sigma", self.chips_per_sigma, 1),
+            ("calibration_images", self.calibration_images, 1),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+                _fail(name, value, f"an integer >= {lo}")
+        for name, value in (
+            ("chip_seed", self.chip_seed),
+            ("refresh_chips_every", self.refresh_chips_every),
+            ("chips_per_batch", self.chips_per_batch),
+        ):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                _fail(name, value, "None or an integer >= 0")
+        for name in ("refresh_chips_every", "chips_per_batch"):
+            if getattr(self, name) == 0:
+                _fail(name, 0, "None or an integer >= 1")
+        if not isinstance(self.observe_sigma, bool):
+            _fail("observe_sigma", self.observe_sigma, "True or False")
+        for name, value in (("penalty", self.penalty), ("energy_price", self.energy_price)):
+            if not _is_number(value) or value < 0:
+                _fail(name, value, "a finite number >= 0")
+        if not isinstance(self.backbone_kwargs, dict):
+            _fail("backbone_kwargs", self.backbone_kwargs, "a dict")
+
+    @property
+    def sigma_grid(self) -> tuple[float, ...]:
+        """The sigma of every chip group, increasing."""
+        if self.sigmas is not None:
+            return tuple(sorted(self.sigmas))
+        lo, hi = self.sigma_range
+        n = 1 if lo == hi else self.num_sigmas
+        return tuple(float(lo + (hi - lo) * i / max(n - 1, 1)) for i in range(n))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> EnvConfig:
+        """Build from ``gym.make`` keyword arguments; an unknown one raises a ``ValueError`` listing the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"unknown environment argument(s) {unknown}; known arguments: {sorted(known)}")
+        return cls(**kwargs)

@@ -1,0 +1,192 @@
+"""The part every environment shares: backbone, images, frozen feature encoder, chip pool, costs and rewards.
+
+One decision per episode, so a batch of episodes is just a batch of (image, chip, action) triples:
+:meth:`EnvCore.run` executes one such batch in one forward per distinct chip. The single environments call it with
+a batch of one, the vector environments with a batch of N, so both give the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cim_gym.envs.config import EnvConfig
+
+
+def resolve_cim(spec: str | dict[str, Any]) -> Any:
+    """A ``CIMConfig`` from a preset name or a dict (a full config, or ``{"preset": name, **overrides}``)."""
+    from cim_gym.hardware import CIMConfig, get_preset
+
+    if isinstance(spec, str):
+        return get_preset(spec)
+    spec = dict(spec)
+    if "preset" in spec:
+        return get_preset(spec.pop("preset")).replace(**spec)
+    return CIMConfig.from_dict(spec)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' is not allowed here: no CUDA device is available (use 'auto' or 'cpu')")
+    return torch.device(name)
+
+
+@dataclass
+class Outcome:
+    """What a batch of episodes produced, one entry per episode (numpy arrays)."""
+
+    prediction: np.ndarray
+    label: np.ndarray
+    correct: np.ndarray
+    path: np.ndarray
+    """The block mask (B, K) or the exit (B,) each episode took."""
+    usage: np.ndarray
+    macs: np.ndarray
+    energy_pj: np.ndarray
+    latency_ns: np.ndarray
+    reward: np.ndarray
+
+
+class EnvCore:
+    """Backbone, data, features, chips and costs of one environment configuration.
+
+    :param config: the environment settings.
+    :param variant: the backbone variant the action needs ("blockdrop" or "multiexit").
+    :param default_depth: depth used when ``config.depth`` is None.
+    """
+
+    def __init__(self, config: EnvConfig, variant: str, default_depth: int) -> None:
+        from cim_gym.backbones import load_backbone
+        from cim_gym.data import load_dataset
+        from cim_gym.hardware import calibrate
+
+        self.config = config
+        self.device = pick_device(config.device)
+        self.backbone = load_backbone(config.dataset, depth=config.depth or default_depth, variant=variant, **config.backbone_kwargs)
+        self.model = self.backbone.model.to(self.device).eval()
+        self.cim = resolve_cim(config.cim)
+        self._check_bits()
+        data = load_dataset(config.dataset, config.data_root)
+        self.info = data.info
+        split = data.split(config.split)
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
+        self.sigmas = config.sigma_grid
+        self.calibration = calibrate(self.model, self.cim, data.train.images[: config.calibration_images].to(self.device))
+        self._features = torch.zeros(len(self.labels), 0, device=self.device)
+        self._have_features = torch.zeros(len(self.labels), dtype=torch.bool, device=self.device)
+        self.pool: Any = None
+        self.pool_seed: int | None = None
+
+    def _check_bits(self) -> None:
+        trained = self.backbone.quant_config
+        for name in ("weight_bits", "input_bits"):
+            mine, theirs = getattr(self.cim, name), getattr(trained, name)
+            if mine != theirs:
+                raise ValueError(
+                    f"cim.{name}={mine} does not match the backbone {self.backbone.name!r}, trained with {name}={theirs}"
+                )
+
+    # ---- chips ------------------------------------------------------------------------------------------------
+    def make_pool(self, seed: int) -> None:
+        """(Re)build the chip pool from ``seed``; chips are programmed lazily, on first use."""
+        from cim_gym.hardware import ChipPool
+
+        self.pool_seed = int(seed)
+        self.pool = ChipPool(
+            self.model,
+            self.cim,
+            sigmas=self.sigmas,
+            chips_per_sigma=self.config.chips_per_sigma,
+            seed=self.pool_seed,
+            calibration=self.calibration,
+            noise_source=self.config.noise_source,
+            cache_size=len(self.sigmas) * self.config.chips_per_sigma,
+        )
+
+    @property
+    def num_chips(self) -> int:
+        return len(self.sigmas) * self.config.chips_per_sigma
+
+    def chip_sigma(self, chip_ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self.sigmas, dtype=np.float32)[np.asarray(chip_ids) // self.config.chips_per_sigma]
+
+    def sigma_index(self, sigma: float) -> int:
+        """Index of a pinned ``sigma`` in the grid, or a ValueError saying what the grid is."""
+        lo, hi = self.sigmas[0], self.sigmas[-1]
+        if not lo - 1e-12 <= sigma <= hi + 1e-12:
+            raise ValueError(f"sigma={sigma!r} is outside the configured range [{lo}, {hi}]")
+        hits = [i for i, s in enumerate(self.sigmas) if abs(s - sigma) <= 1e-9 * max(1.0, abs(s))]
+        if not hits:
+            raise ValueError(f"sigma={sigma!r} is not one of the configured sigmas {list(self.sigmas)}")
+        return hits[0]
+
+    # ---- observations -----------------------------------------------------------------------------------------
+    def features(self, image_ids: np.ndarray) -> Tensor:
+        """Features of the given images, computed once per image by the clean, digital backbone."""
+        ids = torch.as_tensor(np.asarray(image_ids), device=self.device)
+        missing = ids[~self._have_features[ids]].unique()
+        if missing.numel():
+            with torch.no_grad():
+                feats = self.model.features(self.images[missing])
+            if self._features.shape[1] == 0:
+                self._features = torch.zeros(len(self.labels), feats.shape[1], device=self.device)
+            self._features[missing] = feats
+            self._have_features[missing] = True
+        return self._features[ids]
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.features(np.array([0])).shape[1])
+
+    def observe(self, image_ids: np.ndarray, chip_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Batched observation dict for these episodes."""
+        if self.config.obs_mode == "features":
+            obs = {"features": self.features(image_ids).cpu().numpy().astype(np.float32)}
+        else:
+            obs = {"image": self.images[torch.as_tensor(np.asarray(image_ids))].cpu().numpy().astype(np.float32)}
+        if self.config.observe_sigma:
+            obs["sigma"] = self.chip_sigma(chip_ids)[:, None]
+        return obs
+
+    # ---- execution --------------------------------------------------------------------------------------------
+    def run(self, image_ids: np.ndarray, chip_ids: np.ndarray, act: Any, actions: np.ndarray) -> Outcome:
+        """Run each episode's image on its chip with its (validated) action, one forward per distinct chip.
+
+        :param act: the action type: ``act.forward(chip, images, actions) -> (predictions, paths)`` for episodes
+            that share a chip, ``act.cost(paths) -> (B, 4)`` usage, MACs, energy pJ, latency ns.
+        """
+        image_ids, chip_ids = np.asarray(image_ids), np.asarray(chip_ids)
+        prediction = np.empty(len(image_ids), dtype=np.int64)
+        paths: np.ndarray | None = None
+        with torch.no_grad():
+            for chip_id in np.unique(chip_ids):
+                rows = np.flatnonzero(chip_ids == chip_id)
+                x = self.images[torch.as_tensor(image_ids[rows], device=self.device)]
+                pred, path = act.forward(self.pool[int(chip_id)], x, actions[rows])
+                prediction[rows] = pred.cpu().numpy()
+                if paths is None:
+                    paths = np.empty((len(image_ids), *path.shape[1:]), dtype=path.dtype)
+                paths[rows] = path
+        assert paths is not None
+        labels = self.labels[torch.as_tensor(image_ids, device=self.device)].cpu().numpy()
+        correct = prediction == labels
+        usage, macs, energy, latency = act.cost(paths).T
+        reward = self.reward(correct, usage, energy / act.full[1])
+        return Outcome(prediction, labels, correct, paths, usage, macs, energy, latency, reward)
+
+    def reward(self, correct: np.ndarray, usage: np.ndarray, energy_fraction: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        if cfg.reward == "blockdrop":
+            r = np.where(correct, 1.0 - usage**2, -cfg.penalty)
+        else:
+            r = np.where(correct, 1.0, -cfg.penalty)
+            if cfg.reward == "energy":
+                r = r - cfg.energy_price * energy_fraction
+        return r.astype(np.float64)

@@ -1,0 +1,47 @@
+"""CIMExitThresholds-v0: choose per-exit entropy thresholds of a multi-exit ResNet on a noisy CIM chip."""
+
+from __future__ import annotations
+
+from cim_gym.envs.actions import ExitThresholdsAction
+from cim_gym.envs.base import CIMEnv, CIMVectorEnv
+
+
+class CIMExitThresholdsEnv(CIMEnv):
+    """
+    ## Description
+    The proposal's own formulation of the multi-exit model (its figure 10): BranchyNet's exit rule with thresholds
+    decided by a policy from the image and the chip's noise level. Each episode draws an image and a chip; the
+    agent sets one entropy threshold per intermediate exit; the chip computes the exits and the sample leaves at the
+    first exit whose softmax entropy ``H = -sum p ln p`` (on the noisy chip) is below its threshold, else at the
+    final head.
+
+    ## Action Space
+    ``Box(0, ln C, (E-1,), float32)``: the thresholds of exits 0 .. E-2 (C classes). 0 never exits early, ln C
+    always exits at exit 0.
+
+    ## Observation
+    ``Dict``: ``features`` ``Box(float32, (16,))`` (or ``image`` with ``obs_mode="image"``) and ``sigma``
+    ``Box(float32, (1,))`` (absent with ``observe_sigma=False``).
+
+    ## Rewards
+    As in ``CIMEarlyExit-v0``: ``"accuracy"`` (default), ``"blockdrop"`` (usage = MACs of the path taken / MACs of
+    the deepest path) or ``"energy"``. Costs count the path up to the exit taken.
+
+    ## Termination
+    One decision per episode: ``terminated=True`` after the first step. ``info`` holds correct, label, prediction,
+    path (the exit taken), sigma, chip_id, image_index, usage, macs, energy_pj, latency_ns.
+
+    ## Arguments
+    Every field of :class:`cim_gym.envs.EnvConfig`. Default backbone: the multi-exit ResNet-32 on digits.
+
+    ## Registered Configurations
+    ``CIMExitThresholds-v0`` (vector entry point: :class:`CIMExitThresholdsVectorEnv`).
+    """
+
+    action_type = ExitThresholdsAction
+
+
+class CIMExitThresholdsVectorEnv(CIMVectorEnv):
+    """Batched ``CIMExitThresholds-v0``; see :class:`CIMExitThresholdsEnv`."""
+
+    action_type = ExitThresholdsAction
