@@ -1,0 +1,148 @@
+"""Training entry point: determinism in the seed, resume equals an uninterrupted run, augmentation, masks, CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cim_gym.backbones import load_backbone
+from cim_gym.backbones.train import (
+    TrainSettings,
+    augment_batch,
+    default_exit_weights,
+    parse_args,
+    random_keep_masks,
+    survival_mask,
+    train_backbone,
+)
+
+
+def settings(tmp_path: Path, run: str, **kw) -> TrainSettings:
+    base = dict(dataset="digits", depth=8, epochs=1, batch_size=128, seed=3, progress=False, mask_eval_draws=2,
+                run_dir=str(tmp_path / run), out=str(tmp_path / f"out-{run}"))
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def weights(sidecar: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(sidecar.with_suffix(".safetensors")))
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_one_epoch_is_deterministic_in_the_seed(tmp_path: Path) -> None:
+    a = train_backbone(settings(tmp_path, "a"))
+    b = train_backbone(settings(tmp_path, "b"))
+    c = train_backbone(settings(tmp_path, "c", seed=4))
+    assert_same(weights(a), weights(b))
+    assert json.loads(a.read_text())["accuracy"] == json.loads(b.read_text())["accuracy"]
+    assert not torch.equal(weights(a)["stem.conv.weight"], weights(c)["stem.conv.weight"])
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    full = train_backbone(settings(tmp_path, "full", epochs=2))
+    # interrupted after epoch 1: emulate by training 1 epoch of a 2-epoch run, then running the command again
+    s = settings(tmp_path, "resumed", epochs=2)
+    import cim_gym.backbones.train as train_mod
+
+    class Stop(Exception):
+        pass
+
+    log = Path(s.run_dir) / "log.jsonl"
+    orig_save = train_mod.atomic_write
+
+    def save_then_maybe_stop(path, write):
+        orig_save(path, write)
+        if path.name == "last.pt" and log.is_file() and len(log.read_text().splitlines()) == 1:
+            raise Stop
+
+    train_mod.atomic_write = save_then_maybe_stop
+    try:
+        with pytest.raises(Stop):
+            train_backbone(s)
+    finally:
+        train_mod.atomic_write = orig_save
+    assert (Path(s.run_dir) / "last.pt").is_file()
+    resumed = train_backbone(s)
+    assert_same(weights(full), weights(resumed))
+
+
+def test_resume_refuses_other_settings(tmp_path: Path) -> None:
+    train_backbone(settings(tmp_path, "x"))
+    with pytest.raises(ValueError, match="other settings"):
+        train_backbone(settings(tmp_path, "x", lr=0.05))
+
+
+def test_multiexit_training_writes_per_exit_accuracy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIM_GYM_HOME", str(tmp_path / "home"))
+    sidecar = train_backbone(settings(tmp_path, "me", variant="multiexit", depth=14, out=str(tmp_path / "home" / "backbones")))
+    meta = json.loads(sidecar.read_text())
+    assert len(meta["accuracy"]["test_per_exit"]) == 3 == meta["architecture"]["num_exits"]
+    assert meta["training"]["exit_weights"] == [1.0, 0.6, 0.3]
+    bb = load_backbone("digits", depth=14, variant="multiexit")
+    assert bb.model(torch.zeros(2, 1, 8, 8)).shape == (3, 2, 10)
+
+
+def test_noise_aware_training_runs_and_changes_the_result(tmp_path: Path) -> None:
+    clean = train_backbone(settings(tmp_path, "clean"))
+    noisy = train_backbone(settings(tmp_path, "noisy", noise_aware_sigma=0.2))
+    assert not torch.equal(weights(clean)["stem.conv.weight"], weights(noisy)["stem.conv.weight"])
+    assert "--noise-aware-training 0.2" in json.loads(noisy.read_text())["training"]["command"]
+
+
+def test_augment_batch_crops_and_flips() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
+    fill = torch.tensor([-1.0])
+    out = augment_batch(x, gen, pad=1, flip=False, fill=fill)
+    assert out.shape == x.shape
+    # every output is a shifted window of the padded input: interior values come from x or are the fill value
+    for b in range(2):
+        values = set(out[b].flatten().tolist())
+        assert values <= set(x[b].flatten().tolist()) | {-1.0}
+    # no padding and no flip: identity
+    torch.testing.assert_close(augment_batch(x, gen, pad=0, flip=False, fill=fill), x)
+    flipped = augment_batch(x.repeat(64, 1, 1, 1), gen, pad=0, flip=True, fill=fill)
+    n_flipped = sum(bool(torch.equal(f, x[i % 2].flip(2))) for i, f in enumerate(flipped))
+    assert 10 < n_flipped < 118
+
+
+def test_masks() -> None:
+    gen = torch.Generator().manual_seed(0)
+    m = random_keep_masks(500, 27, 9, gen)
+    assert m.dtype == torch.bool and bool((m.sum(1) == 9).all())
+    assert m.float().mean(0).min() > 0.2  # every block is dropped and kept
+    s = survival_mask(2000, 9, 0.8, gen)
+    assert abs(s.float().mean().item() - 0.8) < 0.02
+    assert default_exit_weights(3) == (1.0, 0.6, 0.3)
+    assert default_exit_weights(5)[0] == 1.0 and default_exit_weights(5)[-1] == 0.3
+
+
+def test_settings_validation_and_command_round_trip() -> None:
+    with pytest.raises(ValueError, match="depth"):
+        TrainSettings(depth=21)
+    with pytest.raises(ValueError, match="variant"):
+        TrainSettings(variant="plain")
+    with pytest.raises(ValueError, match="survival"):
+        TrainSettings(variant="multiexit", survival=0.5)
+    s = TrainSettings(dataset="fashion-mnist", depth=56, variant="multiexit", epochs=7, exit_weights=(1, 1, 1),
+                      noise_aware_sigma=0.1, augment=False)
+    cmd = s.command()
+    assert cmd.startswith("python -m cim_gym.backbones.train --dataset fashion-mnist --depth 56 --variant multiexit")
+    again = parse_args(cmd.split()[3:])
+    assert again.result_fields() == s.result_fields()
+
+
+def test_cli_help() -> None:
+    out = subprocess.run([sys.executable, "-m", "cim_gym.backbones.train", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for flag in ("--dataset", "--depth", "--variant", "--noise-aware-training", "--exit-weights", "--survival", "--seed"):
+        assert flag in out
