@@ -105,10 +105,8 @@ def apply_variation(u: Tensor, cfg: CIMConfig, sigma: float, generator: torch.Ge
         return u
     noise = torch.randn(u.shape, generator=generator, dtype=u.dtype, device=u.device)
     if cfg.variation == "relative":
-        delta = (u + g0(cfg)) * noise * sigma
-    else:
-        delta = noise * (sigma * cfg.g_max / (1.0 - 1.0 / cfg.onoff_ratio))
-    return _clip(u + delta, cfg)
+        return _clip(torch.addcmul(u, u + g0(cfg), noise, value=sigma), cfg)
+    return _clip(noise.mul_(sigma * cfg.g_max / (1.0 - 1.0 / cfg.onoff_ratio)).add_(u), cfg)
 
 
 def apply_drift(u: Tensor, cfg: CIMConfig, generator: torch.Generator | None) -> Tensor:
@@ -133,7 +131,7 @@ def apply_read_noise(u: Tensor, cfg: CIMConfig, std: float, generator: torch.Gen
     if std == 0:
         return u
     noise = torch.randn(u.shape, generator=generator, dtype=u.dtype, device=u.device)
-    return _clip(u + (u + g0(cfg)) * noise * std, cfg)
+    return _clip(torch.addcmul(u, u + g0(cfg), noise, value=std), cfg)
 
 
 def readout_levels(u: Tensor, cfg: CIMConfig, alpha: Tensor | float | None = None) -> Tensor:
@@ -141,11 +139,18 @@ def readout_levels(u: Tensor, cfg: CIMConfig, alpha: Tensor | float | None = Non
 
     :param alpha: global drift compensation factor(s) applied to the weight columns (broadcast over ``...``).
     """
-    s = u.shape[1]
-    w = torch.tensor([float(2 ** (cfg.cell_bits * k)) for k in range(s)], dtype=u.dtype, device=u.device)
-    w = w.view(s, *([1] * (u.dim() - 2)))
     if alpha is not None:
-        u = u + (u + g0(cfg)) * (alpha - 1.0)
+        u = torch.addcmul(u, u + g0(cfg), torch.as_tensor(alpha, dtype=u.dtype, device=u.device) - 1.0)
     if cfg.mapping == "offset":
-        return ((2.0 * u[0] - cfg.g_max) * w).sum(0)
-    return ((u[0] - u[1]) * w).sum(0)
+        # sum_k 2^(ck) (2 u_k - (2^c - 1)) = 2 sum_k 2^(ck) u_k - (2^b - 1); exact for integer states
+        y = u[0, -1].clone() if u.shape[1] > 1 else 2.0 * u[0, 0] - float(2**cfg.weight_bits - 1)
+        if u.shape[1] == 1:
+            return y
+        for k in range(u.shape[1] - 2, -1, -1):  # Horner over the (few) slices
+            y.mul_(float(2**cfg.cell_bits)).add_(u[0, k])
+        return y.mul_(2.0).sub_(float(2**cfg.weight_bits - 1))
+    d = u[0] - u[1]
+    y = d[-1].clone()
+    for k in range(d.shape[0] - 2, -1, -1):
+        y.mul_(float(2**cfg.cell_bits)).add_(d[k])
+    return y

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ADC_CALIBRATIONS",
     "ADC_RANGES",
     "CIMConfig",
     "FIRST_LAYER_MODES",
@@ -31,6 +32,7 @@ VARIATIONS = ("relative", "absolute")
 ROW_MAPPINGS = ("rows", "neurosim")
 INPUT_FEEDINGS = ("bit_serial", "parallel")
 ADC_RANGES = ("calibrated", "full_scale", "dynamic")
+ADC_CALIBRATIONS = ("chip", "shared")
 FIRST_LAYER_MODES = ("analog_no_adc", "analog", "digital")
 LAST_LAYER_MODES = ("analog", "digital")
 NOISE_SOURCES = ("programming", "read", "output")
@@ -122,6 +124,10 @@ class CIMConfig:
     sums of the noise-free chip on the calibration batch), "full_scale" (0 to the largest possible partial sum).
     "dynamic" is NeuroSim V1.3's batch min/max, kept only for compatibility: an image's result then depends on the
     other images of its batch."""
+    adc_calibration: str = "chip"
+    """Where "calibrated" ADC ranges come from: "chip" (each chip, right after programming, runs the calibration
+    batch and fixes the min/max of its own partial sums per layer, slice and input bit) or "shared" (the ranges of
+    the noise-free chip, shared by all chips: partial sums of a varied chip that leave that range are clipped)."""
     # --- which layers are analog -----------------------------------------------------------------------------
     first_layer: str = "analog_no_adc"
     """The first Conv2d/Linear (it sees signed, normalized pixels): "analog_no_adc" (analog, parallel input, no
@@ -158,6 +164,7 @@ class CIMConfig:
         if self.adc_bits is not None:
             _check_int("adc_bits", self.adc_bits, 1, 16)
         _check_choice("adc_range", self.adc_range, ADC_RANGES)
+        _check_choice("adc_calibration", self.adc_calibration, ADC_CALIBRATIONS)
         _check_choice("first_layer", self.first_layer, FIRST_LAYER_MODES)
         _check_choice("last_layer", self.last_layer, LAST_LAYER_MODES)
         patterns = self.digital_layers

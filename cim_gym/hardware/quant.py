@@ -209,10 +209,10 @@ def quant_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def layer_roles(model: nn.Module) -> dict[str, set[str]]:
+def layer_roles(model: nn.Module, layers: list[tuple[str, nn.Module]] | None = None) -> dict[str, set[str]]:
     """Roles of each Conv2d/Linear: "first" (first registered) and "last" (an nn.Linear that is the last
     Conv2d/Linear registered in its parent module: the classifier of each head)."""
-    layers = quant_layers(model)
+    layers = quant_layers(model) if layers is None else layers
     roles: dict[str, set[str]] = {n: set() for n, _ in layers}
     if layers:
         roles[layers[0][0]].add("first")
@@ -226,10 +226,10 @@ def layer_roles(model: nn.Module) -> dict[str, set[str]]:
     return roles
 
 
-def analog_layer_names(model: nn.Module, cfg: CIMConfig) -> list[str]:
+def analog_layer_names(model: nn.Module, cfg: CIMConfig, roles_map: dict[str, set[str]] | None = None) -> list[str]:
     """Names of the layers the chip computes in analog (the rest is exact digital arithmetic)."""
     out = []
-    for name, roles in layer_roles(model).items():
+    for name, roles in (layer_roles(model) if roles_map is None else roles_map).items():
         if "first" in roles and cfg.first_layer == "digital":
             continue
         if "last" in roles and cfg.last_layer == "digital":

@@ -1,0 +1,441 @@
+"""The exact path: partial sums per sub-array, per input bit and per weight slice, converted by the ADC.
+
+One analog layer (conv or linear, ``groups = 1``) is laid out as in the array:
+
+- **rows**: the unrolled rows (``C_in*kh*kw`` in the weight's own order, or ``in_features``) are split into
+  sub-arrays of ``subarray_rows`` ("rows" mapping), or every kernel position gets its own sub-arrays of
+  ``subarray_rows`` input channels ("neurosim" mapping);
+- **columns**: one column per (column kind p, slice k, output channel): p = 0 for "offset" (plus one noise-free
+  reference column at ``D``), p = 0/1 for the G+/G- cells of "differential";
+- **input cycles**: bit-serial feeding stacks the input bits (``a`` planes, ``2(a-1)`` for signed inputs: the
+  positive and the negative part) into the batch dimension; parallel feeding uses one multi-level plane.
+
+Per chunk of the batch: the input planes are looked up once per input pixel (a table from input level to plane
+values), unrolled by one strided copy into ``(rows, Z * pixels)``, and every sub-array's partial sums come from one
+batched matmul ``cells (sub, cols, rows) @ planes (sub, rows, Z * pixels)``: no Python loop over kernel positions,
+bits or slices. Partial sums are computed **exactly**: cell states are put on a fixed-point grid ``2^-m`` (``m``
+chosen per layer so every sum stays below ``2^24``, far finer than any noise), so the float32 sums are exact
+multiples of ``2^-m``, independent of summation order and batch size. The ADC then acts elementwise; the sum over
+sub-arrays, shift-and-add over input bits and slices, reference subtraction and drift compensation are one matmul.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cim_gym.hardware import adc, cells
+from cim_gym.hardware.config import CIMConfig
+
+__all__ = ["ExactEngine", "Geometry", "PartialSumRanges"]
+
+# target size (elements) of one chunk's partial-sum tensor: small enough to stay in cache
+CHUNK_ELEMENTS = 1_200_000
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Shape of one layer: conv (kernel, stride, padding, dilation) or linear."""
+
+    kind: str  # "conv" or "linear"
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+
+    @staticmethod
+    def of(module: nn.Module) -> Geometry:
+        if isinstance(module, nn.Conv2d):
+            if module.groups != 1:
+                raise NotImplementedError("the exact (ADC) path supports Conv2d with groups=1 only")
+            if isinstance(module.padding, str) or module.padding_mode != "zeros":
+                raise NotImplementedError("the exact (ADC) path supports numeric zero padding only")
+            return Geometry("conv", module.in_channels, module.out_channels, tuple(module.kernel_size),  # type: ignore[arg-type]
+                            tuple(module.stride), tuple(module.padding), tuple(module.dilation))  # type: ignore[arg-type]
+        if isinstance(module, nn.Linear):
+            return Geometry("linear", module.in_features, module.out_features)
+        raise TypeError(f"no geometry for {type(module).__name__}")
+
+    @property
+    def kk(self) -> int:
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    @property
+    def rows(self) -> int:
+        return self.in_channels * self.kk
+
+
+@dataclass
+class PartialSumRanges:
+    """Calibrated ADC ranges of one layer (physical units, G_max = 2^c - 1), per input plane z (input bit, or the
+    single plane of parallel feeding): ``lo``/``hi`` of shape (P, S, Z) for the weight columns of each column kind
+    and slice, ``ref_lo``/``ref_hi`` of shape (Z,) for the reference column ("offset" mapping; zeros otherwise)."""
+
+    lo: Tensor
+    hi: Tensor
+    ref_lo: Tensor
+    ref_hi: Tensor
+
+    def to_dict(self) -> dict[str, object]:
+        return {"lo": self.lo.tolist(), "hi": self.hi.tolist(), "ref_lo": self.ref_lo.tolist(),
+                "ref_hi": self.ref_hi.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> PartialSumRanges:
+        return cls(*(torch.tensor(d[k], dtype=torch.float64) for k in ("lo", "hi", "ref_lo", "ref_hi")))
+
+
+class ExactEngine:
+    """Computes one analog layer's output from its programmed cell states, input quantization levels and ADC.
+
+    :param geom: layer shape.
+    :param cfg: the chip config (mapping, rows, feeding, ADC).
+    :param u: programmed cell states (level units), shape ``(P, S, C_out, rows)`` (rows in the weight's order).
+    :param alpha: global drift compensation factor (1 when off), applied digitally to the weight columns.
+    :param scale: the layer's weight scale ``s`` (weight = s * level / (2^b - 1)).
+    :param signed_input: whether the layer's inputs are signed.
+    :param use_adc: False for an ideal ADC (used to check the fast path and to calibrate).
+    :param ranges: calibrated ADC ranges (required when ``cfg.adc_range == "calibrated"`` and ``use_adc``).
+    :param parallel: feed inputs in parallel (one multi-level read) instead of bit-serially; default from cfg.
+    :param deferred: "calibrated" ranges will be set later by :meth:`set_ranges` (per-chip calibration).
+    """
+
+    def __init__(self, geom: Geometry, cfg: CIMConfig, u: Tensor, alpha: float, scale: Tensor, signed_input: bool,
+                 use_adc: bool, ranges: PartialSumRanges | None = None, parallel: bool | None = None,
+                 deferred: bool = False) -> None:
+        self.geom, self.cfg = geom, cfg
+        self.alpha, self.scale, self.signed = float(alpha), scale, signed_input
+        self.use_adc = use_adc and cfg.adc_bits is not None
+        self.parallel = (cfg.input_feeding == "parallel") if parallel is None else parallel
+        self.P, self.S = u.shape[0], u.shape[1]
+        self.C_out = geom.out_channels
+        self.has_ref = cfg.mapping == "offset"
+        self.cols = self.P * self.S * self.C_out + (1 if self.has_ref else 0)
+        self.device = u.device
+        self.on = 1.0 - 1.0 / cfg.onoff_ratio
+        self._planes_table()
+        self._layout()
+        self.set_cells(u)
+        self.ranges = ranges
+        self.pending = deferred and self.use_adc and cfg.adc_range == "calibrated"
+        if not self.pending:
+            self._adc_setup(ranges)
+
+    def set_ranges(self, ranges: PartialSumRanges) -> None:
+        """Fix the calibrated ADC ranges (per-chip calibration)."""
+        self.ranges, self.pending = ranges, False
+        self._adc_setup(ranges)
+
+    # ---- input planes --------------------------------------------------------------------------------------
+    def _planes_table(self) -> None:
+        """``lut (Z, levels)``: plane values of every input level, and the planes' digital weights ``wz``."""
+        a = self.cfg.input_bits
+        top = (max(2 ** (a - 1) - 1, 1) if self.signed else 2**a - 1)
+        self.qmin = -top if self.signed else 0
+        levels = torch.arange(self.qmin, top + 1, dtype=torch.int64)
+        if self.parallel:
+            lut, wz = levels.view(1, -1).double(), [1.0]
+        else:
+            nbits = max(a - 1, 1) if self.signed else a
+            z = torch.arange(nbits).view(-1, 1)
+            lut = (levels.clamp(min=0).view(1, -1) >> z) & 1
+            wz = [2.0**k for k in range(nbits)]
+            if self.signed:
+                lut = torch.cat([lut, ((-levels).clamp(min=0).view(1, -1) >> z) & 1])
+                wz = wz + [-w for w in wz]
+            lut = lut.double()
+        self.lut64 = lut
+        self.plane_weights = torch.tensor(wz, dtype=torch.float64)
+        self.Z = len(wz)
+        self.plane_absmax = float(lut.abs().max())
+        self.plane_min = float(lut.min())
+
+    # ---- layout --------------------------------------------------------------------------------------------
+    def _layout(self) -> None:
+        g, R = self.geom, self.cfg.subarray_rows
+        C = g.in_channels
+        self.neurosim = self.cfg.row_mapping == "neurosim" and g.kind == "conv" and g.kk > 1
+        if self.neurosim:
+            rb = min(C, R)
+            nb = -(-C // rb)
+            self.c_pad = nb * rb
+            self.rows_total = g.kk * self.c_pad
+            self.groups = [(0, g.kk * nb, rb)]  # (first row, sub-arrays, rows each)
+        else:
+            self.c_pad = C
+            self.rows_total = g.rows
+            rb = min(g.rows, R)
+            self.groups = [(0, g.rows // rb, rb)]
+            if g.rows % rb:
+                self.groups.append((self.groups[0][1] * rb, 1, g.rows % rb))
+        self.num_subarrays = sum(n for _, n, _ in self.groups)
+        self.max_rows = max(r for _, _, r in self.groups)
+
+    def _row_order(self, v: Tensor) -> Tensor:
+        """Rows of ``v`` (cols, C*kk in the weight's order) -> the planes' row order (padded for "neurosim")."""
+        if not self.neurosim:
+            return v
+        g = self.geom
+        v = v.view(v.shape[0], g.in_channels, g.kk).transpose(1, 2)
+        v = F.pad(v, (0, self.c_pad - g.in_channels))
+        return v.reshape(v.shape[0], self.rows_total)
+
+    # ---- cells ---------------------------------------------------------------------------------------------
+    def set_cells(self, u: Tensor) -> None:
+        """Put cell states ``u`` (P, S, C_out, rows) on the fixed-point grid, laid out per sub-array group."""
+        cfg = self.cfg
+        k0 = cells.g0(cfg)
+        vmax = max(float((u + k0).abs().max()), k0 + cfg.g_max)
+        bound = self.max_rows * self.plane_absmax * vmax
+        m = math.floor(math.log2((2**24 - 1) / max(bound, 1e-30)))
+        self.dtype = torch.float32
+        if m < 12:  # float32 would need a grid coarser than 2^-12 level units: use float64
+            m = math.floor(math.log2((2**53 - 1) / max(bound, 1e-30)))
+            self.dtype = torch.float64
+        self.grid = 2.0 ** min(m, 40)
+        q = self.grid
+        v = torch.round((u.to(torch.float64) + k0) * q) / q  # u + g0 on the grid = G / (1 - 1/R)
+        v = v.reshape(-1, self.geom.rows)
+        if self.has_ref:  # the reference column, D / (1 - 1/R) = g0 + (2^c - 1)/2
+            ref = round((k0 + cfg.g_max / 2.0) * q) / q
+            v = torch.cat([v, torch.full((1, self.geom.rows), ref, dtype=v.dtype, device=v.device)])
+        v = self._row_order(v)
+        self.weights = [v[:, s:s + n * r].reshape(self.cols, n, r).transpose(0, 1).to(self.dtype).contiguous()
+                        for s, n, r in self.groups]  # each (n, cols, r)
+        self.lut = self.lut64.to(self.dtype).to(self.device)
+
+    # ---- ADC -----------------------------------------------------------------------------------------------
+    def full_scale(self) -> tuple[float, float]:
+        """The largest possible partial sum (every row at G_max and the largest input plane) and its negative
+        counterpart for signed parallel inputs."""
+        hi = self.max_rows * self.cfg.g_max * self.plane_absmax
+        return (-hi if self.plane_min < 0 else 0.0), hi
+
+    def _adc_setup(self, ranges: PartialSumRanges | None) -> None:
+        cfg, on = self.cfg, self.on
+        P, S, C = self.P, self.S, self.C_out
+        dt = torch.float64
+        Z = self.Z
+        if self.use_adc and cfg.adc_range == "calibrated":
+            if ranges is None:
+                raise ValueError("adc_range='calibrated' needs calibrated ADC ranges: pass calibration=calibrate(...)")
+            lo_pk, hi_pk = ranges.lo.to(dt).cpu(), ranges.hi.to(dt).cpu()
+            ref_lo, ref_hi = ranges.ref_lo.to(dt).cpu().view(1, Z), ranges.ref_hi.to(dt).cpu().view(1, Z)
+        else:
+            lo, hi = self.full_scale()
+            lo_pk, hi_pk = torch.full((P, S, Z), lo, dtype=dt), torch.full((P, S, Z), hi, dtype=dt)
+            ref_lo, ref_hi = torch.full((1, Z), lo, dtype=dt), torch.full((1, Z), hi, dtype=dt)
+        lo_col = lo_pk.reshape(P, S, 1, Z).expand(P, S, C, Z).reshape(-1, Z)  # (cols, Z)
+        hi_col = hi_pk.reshape(P, S, 1, Z).expand(P, S, C, Z).reshape(-1, Z)
+        if self.has_ref:
+            lo_col = torch.cat([lo_col, ref_lo])
+            hi_col = torch.cat([hi_col, ref_hi])
+        # digital recombination: physical partial sums (per column) -> signed weight levels (per output channel)
+        M = torch.zeros(self.cols, C, dtype=dt)
+        eye = torch.eye(C, dtype=dt)
+        for p in range(P):
+            for k in range(S):
+                sign = 1.0 if p == 0 else -1.0
+                coef = 2.0 ** (cfg.cell_bits * k) * (2.0 if self.has_ref else sign) / on * self.alpha
+                M[(p * S + k) * C:(p * S + k + 1) * C] = coef * eye
+        if self.has_ref:
+            M[-1] = -sum(2.0 ** (cfg.cell_bits * k) for k in range(S)) * 2.0 / on
+        self.M = M
+        self.quantize = self.use_adc and cfg.adc_range != "dynamic"
+        if self.quantize:
+            step = adc.adc_step(lo_col, hi_col, cfg.adc_bits)  # type: ignore[arg-type]
+            # code = round((O + b) * a): b = -lo/(1-1/R) on the grid (an exact add), a = (1-1/R)/step
+            shift = torch.round(-lo_col / on * self.grid) / self.grid
+            lo_col = -shift * on
+            self.shift_col = shift.to(self.dtype).view(self.cols, Z, 1).to(self.device)
+            self.a_col = (on / step).to(self.dtype).view(self.cols, Z, 1).to(self.device)
+            value_step = step
+        else:
+            value_step = torch.full_like(lo_col, on)
+            lo_col = torch.zeros_like(lo_col)
+        wz = self.plane_weights.view(1, Z)
+        # codes -> signed weight levels, with the weighted sum over input planes folded in:
+        # Mz[co, col * Z + z] = wz[z] * step[col, z] * M[col, co]
+        self.Mz = (M.t()[:, :, None] * (value_step * wz)[None]).reshape(C, -1).to(self.dtype).to(self.device)
+        self.const = (self.num_subarrays * ((lo_col * wz).sum(1) @ M)).to(self.dtype).view(-1, 1).to(self.device)
+        self.Mvalue = (M.t()[:, :, None] * wz[None]).reshape(C, -1).to(self.dtype).to(self.device)
+
+    # ---- forward ---------------------------------------------------------------------------------------------
+    def out_hw(self, q: Tensor) -> tuple[int, int]:
+        g = self.geom
+        if g.kind == "linear":
+            return 1, 1
+        Ho = (q.shape[2] + 2 * g.padding[0] - g.dilation[0] * (g.kernel_size[0] - 1) - 1) // g.stride[0] + 1
+        Wo = (q.shape[3] + 2 * g.padding[1] - g.dilation[1] * (g.kernel_size[1] - 1) - 1) // g.stride[1] + 1
+        return Ho, Wo
+
+    def _input_planes(self, q: Tensor) -> Tensor:
+        """Plane values of the (padded) input: (Z, B, C_pad, Hp, Wp)."""
+        g = self.geom
+        idx = (q - self.qmin).to(torch.int32)
+        if g.kind == "linear":
+            idx = idx.reshape(-1, g.in_channels, 1, 1)
+        pad_c = self.c_pad - g.in_channels
+        if g.padding != (0, 0) or pad_c:
+            idx = F.pad(idx, (g.padding[1], g.padding[1], g.padding[0], g.padding[0], 0, pad_c), value=-self.qmin)
+        return self.lut.index_select(1, idx.reshape(-1)).view(self.Z, *idx.shape)
+
+    def _unrolled(self, planes: Tensor, b0: int, bc: int, Ho: int, Wo: int) -> Tensor:
+        """The chunk's planes unrolled to (rows_total, Z * bc * Ho * Wo) in the sub-arrays' row order."""
+        g = self.geom
+        sz, sb, sc, sh, sw = planes.stride()
+        kh, kw = g.kernel_size
+        dh, dw = g.dilation[0] * sh, g.dilation[1] * sw
+        th, tw = g.stride[0] * sh, g.stride[1] * sw
+        off = planes.storage_offset() + b0 * sb
+        if self.neurosim:
+            v = planes.as_strided((kh, kw, self.c_pad, self.Z, bc, Ho, Wo), (dh, dw, sc, sz, sb, th, tw), off)
+        else:
+            v = planes.as_strided((g.in_channels, kh, kw, self.Z, bc, Ho, Wo), (sc, dh, dw, sz, sb, th, tw), off)
+        return v.reshape(self.rows_total, -1)
+
+    def _sums(self, X: Tensor) -> list[Tensor]:
+        """Exact partial sums per sub-array group: each (n, cols, Z * pixels), grid units (physical = (1-1/R) O)."""
+        return [torch.bmm(w, X[s:s + n * r].view(n, r, -1)) for (s, n, r), w in zip(self.groups, self.weights)]
+
+    def _chunks(self, q: Tensor) -> tuple[Tensor, int, int, int, list[tuple[int, int]]]:
+        Ho, Wo = self.out_hw(q)
+        planes = self._input_planes(q)
+        B = planes.shape[1]
+        per_image = self.rows_total * self.Z * Ho * Wo
+        bc = max(1, CHUNK_ELEMENTS // max(per_image, 1))
+        return planes, B, Ho, Wo, [(b, min(bc, B - b)) for b in range(0, B, bc)]
+
+    def levels(self, q: Tensor) -> Tensor:
+        """Signed output in units of (weight level x input level): (C_out, B * Ho * Wo)."""
+        if self.use_adc and self.cfg.adc_range == "dynamic":
+            return self._levels_dynamic(q)
+        planes, B, Ho, Wo, chunks = self._chunks(q)
+        L = Ho * Wo
+        out = torch.empty(self.C_out, B * L, dtype=self.dtype, device=self.device)
+        top = float(2 ** self.cfg.adc_bits - 1) if self.quantize else 0.0  # type: ignore[operator]
+        for b0, bc in chunks:
+            acc = None
+            for o in self._sums(self._unrolled(planes, b0, bc, Ho, Wo)):
+                if self.quantize:
+                    ov = o.view(o.shape[0], self.cols, self.Z, -1)
+                    ov.add_(self.shift_col).mul_(self.a_col).clamp_(0.0, top).round_()
+                o = o.sum(0) if o.shape[0] > 1 else o[0]
+                acc = o if acc is None else acc.add_(o)
+            assert acc is not None
+            torch.addmm(self.const, self.Mz, acc.view(self.cols * self.Z, bc * L), out=out[:, b0 * L:(b0 + bc) * L])
+        return out
+
+    def adc_outputs(self, q: Tensor) -> Tensor:
+        """For inspection and tests: the physical values (G_max = 2^c - 1 units) the ADC outputs for every partial
+        sum, shape (sub-arrays, cols, Z, B * Ho * Wo); with an ideal ADC, the exact partial sums themselves."""
+        planes, _, Ho, Wo, chunks = self._chunks(q)
+        top = float(2 ** self.cfg.adc_bits - 1) if self.quantize else 0.0  # type: ignore[operator]
+        parts = []
+        for b0, bc in chunks:
+            groups = []
+            for o in self._sums(self._unrolled(planes, b0, bc, Ho, Wo)):
+                ov = o.view(o.shape[0], self.cols, self.Z, -1)
+                if self.quantize:
+                    ov.add_(self.shift_col).mul_(self.a_col).clamp_(0.0, top).round_()
+                    ov.div_(self.a_col).sub_(self.shift_col)
+                groups.append(ov * self.on)
+            parts.append(torch.cat(groups))
+        return torch.cat(parts, dim=-1)
+
+    def _levels_dynamic(self, q: Tensor) -> Tensor:
+        """NeuroSim's per-batch ADC: every (sub-array, plane, slice) partial sum is converted with the min/max of
+        the whole batch (batch x channels x pixels); the reference column likewise. Two passes over the batch."""
+        bits = self.cfg.adc_bits
+        assert bits is not None
+        planes, B, Ho, Wo, chunks = self._chunks(q)
+        L, on, PS, C, Z = Ho * Wo, self.on, self.P * self.S, self.C_out, self.Z
+
+        def parts(o: Tensor, n: int) -> tuple[Tensor, Tensor | None]:
+            ph = (o * on).view(o.shape[0], self.cols, Z, n)
+            w = ph[:, : PS * C].reshape(o.shape[0], PS, C, Z, n)
+            return w, (ph[:, -1] if self.has_ref else None)
+
+        lo: list[Tensor] = []
+        hi: list[Tensor] = []
+        rlo: list[Tensor] = []
+        rhi: list[Tensor] = []
+        for i, (b0, bc) in enumerate(chunks):
+            for gi, o in enumerate(self._sums(self._unrolled(planes, b0, bc, Ho, Wo))):
+                w, r = parts(o, bc * L)
+                wl, wh = w.amin(dim=(2, 4)), w.amax(dim=(2, 4))  # (n, PS, Z)
+                if i == 0:
+                    lo.append(wl), hi.append(wh)
+                    if r is not None:
+                        rlo.append(r.amin(dim=2)), rhi.append(r.amax(dim=2))
+                else:
+                    lo[gi], hi[gi] = torch.minimum(lo[gi], wl), torch.maximum(hi[gi], wh)
+                    if r is not None:
+                        rlo[gi], rhi[gi] = torch.minimum(rlo[gi], r.amin(dim=2)), torch.maximum(rhi[gi], r.amax(dim=2))
+        out = torch.empty(C, B * L, dtype=self.dtype, device=self.device)
+        for b0, bc in chunks:
+            acc = None
+            for gi, o in enumerate(self._sums(self._unrolled(planes, b0, bc, Ho, Wo))):
+                w, r = parts(o, bc * L)
+                wq = _dynamic_convert(w, lo[gi][:, :, None, :, None], hi[gi][:, :, None, :, None], bits)
+                vals = [wq.reshape(o.shape[0], PS * C, Z, bc * L)]
+                if r is not None:
+                    vals.append(_dynamic_convert(r, rlo[gi][:, :, None], rhi[gi][:, :, None], bits).unsqueeze(1))
+                v = torch.cat(vals, dim=1).sum(0)
+                acc = v if acc is None else acc.add_(v)
+            assert acc is not None
+            torch.mm(self.Mvalue, acc.view(self.cols * Z, bc * L), out=out[:, b0 * L:(b0 + bc) * L])
+        return out
+
+    def forward(self, q: Tensor, step_in: Tensor, bias: Tensor | None) -> Tensor:
+        """Layer output from integer input levels ``q`` (the layer's input is ``q * step_in``)."""
+        lev = self.levels(q).to(torch.float32)
+        y = lev * (self.scale / float(2**self.cfg.weight_bits - 1) * step_in)
+        if self.geom.kind == "linear":
+            y = y.t().reshape(*q.shape[:-1], self.C_out)
+            return y if bias is None else y + bias
+        B, (Ho, Wo) = q.shape[0], self.out_hw(q)
+        y = y.view(self.C_out, B, Ho, Wo).transpose(0, 1)
+        y = y + bias.view(1, -1, 1, 1) if bias is not None else y.contiguous()
+        return y
+
+    # ---- calibration -------------------------------------------------------------------------------------------
+    def observe_ranges(self, q: Tensor, ranges: PartialSumRanges | None) -> PartialSumRanges:
+        """Min/max of the physical partial sums of input levels ``q`` per (P, S) and for the reference column,
+        merged into ``ranges``."""
+        planes, _, Ho, Wo, chunks = self._chunks(q)
+        on, PS, C, Z = self.on, self.P * self.S, self.C_out, self.Z
+        lo = torch.full((PS, Z), math.inf, dtype=torch.float64)
+        hi = torch.full((PS, Z), -math.inf, dtype=torch.float64)
+        rlo = torch.full((Z,), math.inf, dtype=torch.float64)
+        rhi = torch.full((Z,), -math.inf, dtype=torch.float64)
+        for b0, bc in chunks:
+            for o in self._sums(self._unrolled(planes, b0, bc, Ho, Wo)):
+                ov = o.view(o.shape[0], self.cols, Z, -1)
+                w = ov[:, : PS * C].reshape(o.shape[0], PS, C, Z, -1)
+                lo = torch.minimum(lo, w.amin(dim=(0, 2, 4)).double().cpu() * on)
+                hi = torch.maximum(hi, w.amax(dim=(0, 2, 4)).double().cpu() * on)
+                if self.has_ref:
+                    rlo = torch.minimum(rlo, ov[:, -1].amin(dim=(0, 2)).double().cpu() * on)
+                    rhi = torch.maximum(rhi, ov[:, -1].amax(dim=(0, 2)).double().cpu() * on)
+        lo, hi = lo.view(self.P, self.S, Z), hi.view(self.P, self.S, Z)
+        if ranges is not None:
+            lo, hi = torch.minimum(lo, ranges.lo.double()), torch.maximum(hi, ranges.hi.double())
+            rlo, rhi = torch.minimum(rlo, ranges.ref_lo.double()), torch.maximum(rhi, ranges.ref_hi.double())
+        if not self.has_ref:
+            rlo, rhi = torch.zeros(Z, dtype=torch.float64), torch.zeros(Z, dtype=torch.float64)
+        return PartialSumRanges(lo, hi, rlo, rhi)
+
+
+def _dynamic_convert(v: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
+    """NeuroSim's floor ADC with a given (batch) range; a zero-width range passes the values through."""
+    step = (hi - lo) / float(2**bits)
+    safe = torch.where(step > 0, step, torch.ones_like(step))
+    code = torch.clamp(torch.floor((v - lo) / safe), 0, 2**bits - 1)
+    return torch.where(step > 0, code * step + lo, v)
