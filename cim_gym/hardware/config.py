@@ -120,10 +120,10 @@ class CIMConfig:
     adc_bits: int | None = None
     """ADC resolution in bits (1..16), or None for an ideal ADC (then the fast path is exact)."""
     adc_range: str = "calibrated"
-    """ADC input range, a property of the chip: "calibrated" (per layer and column kind, min/max of the partial
-    sums of the noise-free chip on the calibration batch), "full_scale" (0 to the largest possible partial sum).
-    "dynamic" is NeuroSim V1.3's batch min/max, kept only for compatibility: an image's result then depends on the
-    other images of its batch."""
+    """ADC input range, a property of the chip, per layer, column kind, slice and input bit: "calibrated" (min/max
+    of the partial sums on the calibration batch, see ``adc_calibration``) or "full_scale" (0 to the largest
+    possible partial sum). "dynamic" is NeuroSim V1.3's per-batch min/max, kept only for compatibility: an image's
+    result then depends on the other images of its batch."""
     adc_calibration: str = "chip"
     """Where "calibrated" ADC ranges come from: "chip" (each chip, right after programming, runs the calibration
     batch and fixes the min/max of its own partial sums per layer, slice and input bit) or "shared" (the ranges of
