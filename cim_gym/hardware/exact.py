@@ -275,8 +275,8 @@ class ExactEngine:
         Wo = (q.shape[3] + 2 * g.padding[1] - g.dilation[1] * (g.kernel_size[1] - 1) - 1) // g.stride[1] + 1
         return Ho, Wo
 
-    def _input_planes(self, q: Tensor) -> Tensor:
-        """Plane values of the (padded) input: (Z, B, C_pad, Hp, Wp)."""
+    def _input_index(self, q: Tensor) -> Tensor:
+        """Table index of every (padded) input level: (B, C_pad, Hp, Wp) int32."""
         g = self.geom
         idx = (q - self.qmin).to(torch.int32)
         if g.kind == "linear":
@@ -284,7 +284,13 @@ class ExactEngine:
         pad_c = self.c_pad - g.in_channels
         if g.padding != (0, 0) or pad_c:
             idx = F.pad(idx, (g.padding[1], g.padding[1], g.padding[0], g.padding[0], 0, pad_c), value=-self.qmin)
-        return self.lut.index_select(1, idx.reshape(-1)).view(self.Z, *idx.shape)
+        return idx
+
+    def _chunk_planes(self, idx: Tensor, b0: int, bc: int, Ho: int, Wo: int) -> Tensor:
+        """Plane values of images ``b0:b0+bc`` (Z, bc, C_pad, Hp, Wp), unrolled to (rows_total, Z * bc * Ho * Wo)."""
+        part = idx[b0:b0 + bc]
+        planes = self.lut.index_select(1, part.reshape(-1)).view(self.Z, *part.shape)
+        return self._unrolled(planes, 0, bc, Ho, Wo)
 
     def _unrolled(self, planes: Tensor, b0: int, bc: int, Ho: int, Wo: int) -> Tensor:
         """The chunk's planes unrolled to (rows_total, Z * bc * Ho * Wo) in the sub-arrays' row order."""
@@ -306,8 +312,8 @@ class ExactEngine:
 
     def _chunks(self, q: Tensor) -> tuple[Tensor, int, int, int, list[tuple[int, int]]]:
         Ho, Wo = self.out_hw(q)
-        planes = self._input_planes(q)
-        B = planes.shape[1]
+        planes = self._input_index(q)
+        B = planes.shape[0]
         per_image = self.rows_total * self.Z * Ho * Wo
         bc = max(1, CHUNK_ELEMENTS // max(per_image, 1))
         return planes, B, Ho, Wo, [(b, min(bc, B - b)) for b in range(0, B, bc)]
@@ -322,7 +328,7 @@ class ExactEngine:
         top = float(2 ** self.cfg.adc_bits - 1) if self.quantize else 0.0  # type: ignore[operator]
         for b0, bc in chunks:
             acc = None
-            for o in self._sums(self._unrolled(planes, b0, bc, Ho, Wo)):
+            for o in self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo)):
                 if self.quantize:
                     ov = o.view(o.shape[0], self.cols, self.Z, -1)
                     ov.add_(self.shift_col).mul_(self.a_col).clamp_(0.0, top).round_()
@@ -340,7 +346,7 @@ class ExactEngine:
         parts = []
         for b0, bc in chunks:
             groups = []
-            for o in self._sums(self._unrolled(planes, b0, bc, Ho, Wo)):
+            for o in self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo)):
                 ov = o.view(o.shape[0], self.cols, self.Z, -1)
                 if self.quantize:
                     ov.add_(self.shift_col).mul_(self.a_col).clamp_(0.0, top).round_()
@@ -367,7 +373,7 @@ class ExactEngine:
         rlo: list[Tensor] = []
         rhi: list[Tensor] = []
         for i, (b0, bc) in enumerate(chunks):
-            for gi, o in enumerate(self._sums(self._unrolled(planes, b0, bc, Ho, Wo))):
+            for gi, o in enumerate(self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo))):
                 w, r = parts(o, bc * L)
                 wl, wh = w.amin(dim=(2, 4)), w.amax(dim=(2, 4))  # (n, PS, Z)
                 if i == 0:
@@ -381,7 +387,7 @@ class ExactEngine:
         out = torch.empty(C, B * L, dtype=self.dtype, device=self.device)
         for b0, bc in chunks:
             acc = None
-            for gi, o in enumerate(self._sums(self._unrolled(planes, b0, bc, Ho, Wo))):
+            for gi, o in enumerate(self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo))):
                 w, r = parts(o, bc * L)
                 wq = _dynamic_convert(w, lo[gi][:, :, None, :, None], hi[gi][:, :, None, :, None], bits)
                 vals = [wq.reshape(o.shape[0], PS * C, Z, bc * L)]
@@ -416,7 +422,7 @@ class ExactEngine:
         rlo = torch.full((Z,), math.inf, dtype=torch.float64)
         rhi = torch.full((Z,), -math.inf, dtype=torch.float64)
         for b0, bc in chunks:
-            for o in self._sums(self._unrolled(planes, b0, bc, Ho, Wo)):
+            for o in self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo)):
                 ov = o.view(o.shape[0], self.cols, Z, -1)
                 w = ov[:, : PS * C].reshape(o.shape[0], PS, C, Z, -1)
                 lo = torch.minimum(lo, w.amin(dim=(0, 2, 4)).double().cpu() * on)
