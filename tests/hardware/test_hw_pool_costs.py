@@ -127,3 +127,11 @@ def test_plain_module_support() -> None:
     with torch.no_grad():
         y = chip(x)
     assert y.shape == (8, 5) and chip.exact
+
+
+def test_docs_tables_are_generated_by_the_package() -> None:
+    from cim_gym.hardware.docs import markdown
+
+    text = markdown()
+    assert "| `ideal`, `neurosim`, `neurosim_compat`, `rram` | offset, relative, 8/4, 10 | 0.210 |" in text
+    assert "`adc_calibration`" in text and "Murmann" in text and "`pcm`" in text
