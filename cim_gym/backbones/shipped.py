@@ -2,6 +2,7 @@
 
     python -m cim_gym.backbones.shipped train --dataset digits         # train (or resume) every digits checkpoint
     python -m cim_gym.backbones.shipped table                          # Markdown table of the shipped sidecars
+    python -m cim_gym.backbones.shipped sigma-table                    # their accuracy on noisy chips
 
 Each entry is a list of arguments to ``python -m cim_gym.backbones.train`` (``--ship`` is added: the checkpoint
 goes into ``cim_gym/backbones/weights``). Runs go one at a time; an interrupted one resumes from its run folder.
@@ -13,11 +14,12 @@ import argparse
 import json
 import shlex
 from collections.abc import Sequence
+from pathlib import Path
 
 from cim_gym.backbones.checkpoint import SHIPPED_DIR
 
 DIGITS_COMMON = "--dataset digits --epochs 60 --batch-size 64 --seed 0"
-FASHION_COMMON = "--dataset fashion-mnist --epochs 3 --batch-size 128 --seed 0 --warmup-epochs 0.3"
+FASHION_COMMON = "--dataset fashion-mnist --epochs 2 --batch-size 128 --seed 0 --warmup-epochs 0.3"
 
 SHIPPED: dict[str, str] = {
     "digits-resnet8-blockdrop": f"{DIGITS_COMMON} --depth 8 --variant blockdrop",
@@ -26,11 +28,11 @@ SHIPPED: dict[str, str] = {
     "digits-resnet32-blockdrop": f"{DIGITS_COMMON} --depth 32 --variant blockdrop",
     "digits-resnet56-blockdrop": f"{DIGITS_COMMON} --depth 56 --variant blockdrop",
     "digits-resnet32-multiexit": f"{DIGITS_COMMON} --depth 32 --variant multiexit",
-    "fashion-mnist-resnet20-blockdrop": f"{FASHION_COMMON} --depth 20 --variant blockdrop",
     "fashion-mnist-resnet8-blockdrop": f"{FASHION_COMMON} --depth 8 --variant blockdrop",
+    "fashion-mnist-resnet20-blockdrop": f"{FASHION_COMMON} --depth 20 --variant blockdrop",
     "fashion-mnist-resnet32-blockdrop": f"{FASHION_COMMON} --depth 32 --variant blockdrop",
     "fashion-mnist-resnet56-blockdrop": f"{FASHION_COMMON} --depth 56 --variant blockdrop",
-    "fashion-mnist-resnet56-multiexit": f"{FASHION_COMMON} --depth 56 --variant multiexit",
+    "fashion-mnist-resnet32-multiexit": f"{FASHION_COMMON} --depth 32 --variant multiexit",
 }
 """Name -> training arguments of every shipped checkpoint (the recorded commands), in training order."""
 
@@ -72,6 +74,49 @@ def table() -> str:
     return "\n".join(rows)
 
 
+def sigma_table(names: Sequence[str], sigmas: Sequence[float], chips: int, images: int, out: Path) -> str:
+    """Test accuracy of shipped checkpoints on noisy chips (programming variation, seeds 0..chips-1; mean, min and
+    max over chips), written to ``out`` (CSV) and returned as a Markdown table. Multi-exit: the last exit."""
+    import csv
+
+    import torch
+
+    from cim_gym.backbones import load_backbone
+    from cim_gym.backbones.noise_study import subset
+    from cim_gym.backbones.train import evaluate
+    from cim_gym.data import load_dataset
+    from cim_gym.hardware.chip import calibrate, program
+
+    rows, md = [], ["| checkpoint | test images | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " |",
+                    "| --- | --- | " + " | ".join("---" for _ in sigmas) + " |"]
+    for name in names:
+        bb = load_backbone(name)
+        m = bb.meta["dataset"]
+        data = load_dataset(m["name"], val_fraction=m["val_fraction"], seed=m["split_seed"])
+        idx = subset(data.test.labels, images)
+        x, y = data.test.images[idx], data.test.labels[idx]
+        cal = calibrate(bb.model, bb.quant_config, data.train.images[:256])
+        cells = []
+        for sigma in sigmas:
+            accs = []
+            for seed in range(chips if sigma > 0 else 1):
+                chip = program(bb.model, bb.quant_config, sigma=sigma, seed=seed, calibration=cal)
+                with torch.no_grad():
+                    accs.append(float(evaluate(chip, x, y, batch_size=500).flatten()[-1]))
+                rows.append({"name": name, "sigma": sigma, "chip_seed": seed, "accuracy": round(accs[-1], 3),
+                             "n_images": len(y)})
+            mean = sum(accs) / len(accs)
+            cells.append(f"{mean:.1f}" + (f" ({min(accs):.1f}-{max(accs):.1f})" if len(accs) > 1 else ""))
+        md.append(f"| {name} | {len(y)} | " + " | ".join(cells) + " |")
+        print(md[-1], flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["name", "sigma", "chip_seed", "accuracy", "n_images"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return "\n".join(md)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cim_gym.backbones.shipped", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,9 +127,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--skip-existing", action="store_true", help="skip checkpoints already in the package")
     sub.add_parser("table", help="print the Markdown table of the shipped checkpoints")
+    st = sub.add_parser("sigma-table", help="accuracy of shipped checkpoints on noisy chips (programming variation)")
+    st.add_argument("--name", nargs="+", default=None, help="checkpoints (default: every shipped one)")
+    st.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
+    st.add_argument("--chips", type=int, default=5)
+    st.add_argument("--images", type=int, default=2000, help="test images (fixed random subset; 0: all)")
+    st.add_argument("--out", default="benchmarks/results/shipped_sigma.csv")
     args = p.parse_args(argv)
     if args.cmd == "table":
         print(table())
+        return 0
+    if args.cmd == "sigma-table":
+        names = args.name or [n for n in SHIPPED if (SHIPPED_DIR / f"{n}.json").is_file()]
+        print(sigma_table(names, args.sigmas, args.chips, args.images, Path(args.out)))
         return 0
     names = args.name or [n for n in SHIPPED if args.dataset is None or n.startswith(args.dataset + "-resnet")]
     unknown = [n for n in names if n not in SHIPPED]

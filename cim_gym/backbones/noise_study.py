@@ -1,0 +1,199 @@
+"""How depth and noise interact: accuracy of every backbone depth vs the level of each noise source.
+
+    python -m cim_gym.backbones.noise_study --dataset fashion-mnist --depths 8 20 32 56 --chips 5
+
+For each depth (a shipped or cached block-drop backbone, all blocks run) and each noise source of the simulator,
+programme ``--chips`` chips per level (seeds 0..chips-1, the same seeds for every depth) and measure test accuracy
+on a fixed subset of the test split:
+
+- ``programming``: programming variation sigma (per cell, fixed per chip; ``CIMConfig.variation``, relative);
+- ``read``: cycle-to-cycle read noise (relative, drawn at every forward call and shared by the images of that
+  call: evaluated in batches of 25 images so that each point averages many draws);
+- ``output``: Yang & Sze's additive output noise (fraction of each layer's calibrated output range);
+- ``adc``: ADC precision in bits, calibrated range, no other noise (deterministic: one chip per level).
+
+Everything else is the backbone's own quantization config (ideal ADC, no drift) unless ``--preset`` names a
+hardware preset. Writes ``<out>.csv`` (one row per depth, source, level, chip) and ``<out>.png`` (mean and range
+over chips). Nothing is tuned toward an expected outcome: the levels are fixed grids given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_LEVELS: dict[str, list[float]] = {
+    "programming": [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15],
+    "read": [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1],
+    "output": [0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1],
+    "adc": [8, 7, 6, 5, 4],
+}
+SOURCES = tuple(DEFAULT_LEVELS)
+READ_NOISE_BATCH = 25
+
+
+def chip_config(base: Any, source: str, level: float) -> tuple[Any, float]:
+    """(config, sigma for ``program``) of one point of the sweep."""
+    if source == "programming":
+        return base.replace(sigma=float(level)), float(level)
+    if source == "read":
+        return base.replace(read_noise=float(level)), 0.0
+    if source == "output":
+        return base.replace(output_noise=float(level)), 0.0
+    if source == "adc":
+        return base.replace(adc_bits=int(level)), 0.0
+    raise ValueError(f"source={source!r} is not allowed: expected one of {SOURCES}")
+
+
+def subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """A fixed random subset of ``n`` test indices (all of them when n <= 0 or n >= len)."""
+    if n <= 0 or n >= len(labels):
+        return torch.arange(len(labels))
+    return torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+def run_study(
+    dataset: str,
+    depths: Sequence[int],
+    sources: Sequence[str],
+    levels: dict[str, list[float]],
+    chips: int,
+    images: int,
+    images_exact: int,
+    calibration_images: int,
+    preset: str | None,
+    out: Path,
+    variant: str = "blockdrop",
+) -> list[dict[str, Any]]:
+    from cim_gym.backbones import load_backbone
+    from cim_gym.backbones.train import evaluate
+    from cim_gym.data import load_dataset
+    from cim_gym.hardware import get_preset
+    from cim_gym.hardware.chip import calibrate, program
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    data = None
+    csv_path = out.with_suffix(".csv")
+    fields = ["dataset", "depth", "variant", "source", "level", "chip_seed", "accuracy", "n_images", "seconds"]
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for depth in depths:
+            bb = load_backbone(dataset, depth=depth, variant=variant)
+            if data is None:
+                m = bb.meta["dataset"]
+                data = load_dataset(dataset, val_fraction=m["val_fraction"], seed=m["split_seed"])
+            base = get_preset(preset).replace(weight_bits=bb.quant_config.weight_bits,
+                                              input_bits=bb.quant_config.input_bits) if preset else bb.quant_config
+            calib = data.train.images[:calibration_images]
+            for source in sources:
+                cal = calibrate(bb.model, chip_config(base, source, levels[source][0])[0], calib)
+                n = images_exact if source in ("read", "adc") else images
+                idx = subset(data.test.labels, n)
+                x, y = data.test.images[idx], data.test.labels[idx]
+                for level in levels[source]:
+                    cfg, sigma = chip_config(base, source, level)
+                    deterministic = source == "adc" or float(level) == 0.0
+                    for seed in range(1 if deterministic else chips):
+                        t0 = time.perf_counter()
+                        chip = program(bb.model, cfg, sigma=sigma, seed=seed, calibration=cal)
+                        # read noise is drawn once per forward call (shared by a batch): small batches give more
+                        # independent draws; the expected accuracy is the same either way
+                        bs = READ_NOISE_BATCH if source == "read" else 500
+                        acc = float(evaluate(chip, x, y, batch_size=bs).flatten()[-1])
+                        row = {"dataset": dataset, "depth": depth, "variant": variant, "source": source,
+                               "level": level, "chip_seed": seed, "accuracy": round(acc, 3), "n_images": len(y),
+                               "seconds": round(time.perf_counter() - t0, 2)}
+                        writer.writerow(row)
+                        f.flush()
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+    plot(rows, out.with_suffix(".png"))
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[tuple[str, int], list[tuple[float, float, float, float]]]:
+    """(source, depth) -> [(level, mean, min, max)] over chips."""
+    groups: dict[tuple[str, int, float], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["source"], int(r["depth"]), float(r["level"])), []).append(float(r["accuracy"]))
+    out: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
+    for (source, depth, level), accs in sorted(groups.items()):
+        out.setdefault((source, depth), []).append((level, sum(accs) / len(accs), min(accs), max(accs)))
+    return out
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(rows)
+    sources = [s for s in SOURCES if any(k[0] == s for k in summary)]
+    fig, axes = plt.subplots(1, len(sources), figsize=(4.2 * len(sources), 3.6), squeeze=False)
+    labels = {"programming": "programming variation sigma", "read": "read noise (relative std)",
+              "output": "output noise (fraction of range)", "adc": "ADC bits"}
+    for ax, source in zip(axes[0], sources):
+        for (src, depth), pts in sorted(summary.items(), key=lambda kv: kv[0][1]):
+            if src != source:
+                continue
+            lv = [p[0] for p in pts]
+            ax.plot(lv, [p[1] for p in pts], marker="o", label=f"ResNet-{depth}")
+            ax.fill_between(lv, [p[2] for p in pts], [p[3] for p in pts], alpha=0.2)
+        ax.set_xlabel(labels[source])
+        ax.set_ylabel("test accuracy (%)")
+        if source == "adc":
+            ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    dataset = rows[0]["dataset"] if rows else ""
+    fig.suptitle(f"{dataset}: accuracy vs noise by depth (mean, band = min..max over chips)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cim_gym.backbones.noise_study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--depths", type=int, nargs="+", default=[8, 20, 32, 56])
+    p.add_argument("--variant", default="blockdrop")
+    p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
+    for source in SOURCES:
+        p.add_argument(f"--{source}-levels", type=float, nargs="+", default=DEFAULT_LEVELS[source])
+    p.add_argument("--chips", type=int, default=5, help="chips (seeds) per noisy level")
+    p.add_argument("--images", type=int, default=2000, help="test images per point, fast path (0: all)")
+    p.add_argument("--images-exact", type=int, default=500, help="test images per point for read noise and ADC")
+    p.add_argument("--calibration-images", type=int, default=256)
+    p.add_argument("--preset", default=None, help="hardware preset as the base config (default: the backbone's)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/noise_study_<dataset>)")
+    p.add_argument("--replot", action="store_true", help="only redraw the PNG from an existing CSV")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = Path(a.out) if a.out else Path("benchmarks") / "results" / f"noise_study_{a.dataset}"
+    if a.replot:
+        with open(out.with_suffix(".csv")) as f:
+            plot(list(csv.DictReader(f)), out.with_suffix(".png"))
+        return 0
+    levels = {s: getattr(a, f"{s}_levels") for s in SOURCES}
+    levels["adc"] = [int(v) for v in levels["adc"]]
+    run_study(a.dataset, a.depths, a.sources, levels, a.chips, a.images, a.images_exact, a.calibration_images,
+              a.preset, out, a.variant)
+    print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
