@@ -223,7 +223,7 @@ class ChipLayer:
     def forward(self, x: Tensor) -> Tensor:
         q, step = input_levels(x, self.input_range, self.input_bits, bool(self.signed_input))
         if self.engine is None:
-            y = self._linear_op(q * step, self._effective_weight())
+            y = self._linear_op(q.mul_(step), self._effective_weight())
         else:
             if self.chip_cfg.read_noise > 0:
                 assert self.u_t is not None

@@ -74,15 +74,14 @@ def input_levels(x: Tensor, input_range: Tensor, bits: int, signed: bool) -> tup
     """
     top = float(max(2 ** (bits - 1) - 1, 1) if signed else 2**bits - 1)
     r = input_range.clamp_min(1e-12)
-    lo = -r if signed else torch.zeros_like(r)
-    q = torch.round(torch.minimum(torch.maximum(x, lo), r) * (top / r))
-    return q, r / top
+    q = torch.clamp(x, -r if signed else torch.zeros_like(r), r)  # a new tensor: the rest is in place
+    return q.mul_(top / r).round_(), r / top
 
 
 def quantize_input(x: Tensor, input_range: Tensor, bits: int, signed: bool) -> Tensor:
     """Fake-quantized input ``q * step`` (see :func:`input_levels`), gradient straight through inside the range."""
     q, step = input_levels(x.detach(), input_range, bits, signed)
-    xq = q * step
+    xq = q.mul_(step)
     if x.requires_grad and torch.is_grad_enabled():
         r = input_range.clamp_min(1e-12)
         xc = torch.minimum(torch.maximum(x, -r if signed else torch.zeros_like(r)), r)
