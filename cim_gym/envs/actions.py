@@ -118,33 +118,38 @@ class EarlyExitAction(_ExitCosts):
 
 
 class ExitThresholdsAction(_ExitCosts):
-    """``Box(0, ln C, (E-1,))``: entropy thresholds; a sample leaves at the first exit whose softmax entropy
-    (natural log, on the noisy chip) is below that exit's threshold, else at the final head (BranchyNet's rule)."""
+    """``Box(-1, 1, (E-1,))``: entropy thresholds ``T_e = (action[e] + 1) / 2 * ln C``; a sample leaves at the
+    first exit whose softmax entropy (natural log, on the noisy chip) is below ``T_e``, else at the final head
+    (BranchyNet's rule). The symmetric, normalized box is what Gymnasium and SB3 recommend."""
 
     variant, default_depth = "multiexit", 32
 
     def __init__(self, core: EnvCore) -> None:
         super().__init__(core)
         self.max_entropy = math.log(core.info.num_classes)
-        self.space = spaces.Box(0.0, self.max_entropy, shape=(self.num_exits - 1,), dtype=np.float32)
+        self.space = spaces.Box(-1.0, 1.0, shape=(self.num_exits - 1,), dtype=np.float32)
 
     def check(self, actions: object, batch: int) -> np.ndarray:
         n = self.num_exits - 1
-        what = f"{n} entropy thresholds in [0, ln {round(math.exp(self.max_entropy))} = {self.max_entropy:.4f}]"
+        what = f"{n} values in [-1, 1] (entropy thresholds (a + 1) / 2 * ln C, ln C = {self.max_entropy:.4f})"
         array = _numeric(actions, what).astype(np.float64)
         if batch == 1 and array.shape == (n,):
             array = array[None]
         if array.shape != (batch, n):
             raise ValueError(f"action must be {what}, shape {(batch, n) if batch > 1 else (n,)}; got shape {np.shape(actions)}")
         tol = 1e-6
-        if not np.isfinite(array).all() or (array < -tol).any() or (array > self.max_entropy + tol).any():
+        if not np.isfinite(array).all() or (array < -1 - tol).any() or (array > 1 + tol).any():
             raise ValueError(f"action must be {what}; got {array.tolist()}")
         return array
+
+    def thresholds(self, actions: np.ndarray) -> np.ndarray:
+        """Entropy thresholds (nats) of actions in [-1, 1]."""
+        return (np.asarray(actions) + 1.0) / 2.0 * self.max_entropy
 
     def forward(self, chip: torch.nn.Module, x: Tensor, actions: np.ndarray) -> tuple[Tensor, np.ndarray]:
         logits = chip(x)  # (E, B, classes): every exit in one pass
         logp = torch.log_softmax(logits.double(), dim=-1)
         entropy = -(logp.exp() * logp).sum(-1)[:-1].T.cpu().numpy()  # (B, E-1)
-        below = entropy < actions
+        below = entropy < self.thresholds(actions)
         exits = np.where(below.any(1), below.argmax(1), self.num_exits - 1)
         return logits[torch.as_tensor(exits, device=x.device), torch.arange(x.shape[0], device=x.device)].argmax(1), exits

@@ -23,9 +23,13 @@ OPTION_KEYS = ("sigma", "chip", "image")
 def observation_space(core: EnvCore) -> spaces.Dict:
     cfg = core.config
     if cfg.obs_mode == "features":
-        obs: dict[str, spaces.Space[Any]] = {"features": spaces.Box(-np.inf, np.inf, (core.feature_dim,), np.float32)}
+        low, high = core.feature_bounds
+        obs: dict[str, spaces.Space[Any]] = {"features": spaces.Box(low, high, (core.feature_dim,), np.float32)}
     else:
-        obs = {"image": spaces.Box(-np.inf, np.inf, core.info.input_shape, np.float32)}
+        # Normalized pixels: (0 - mean) / std to (1 - mean) / std, per channel.
+        mean, std = (np.asarray(v, dtype=np.float32).reshape(-1, 1, 1) for v in (core.info.mean, core.info.std))
+        shape = core.info.input_shape
+        obs = {"image": spaces.Box(np.broadcast_to(-mean / std, shape), np.broadcast_to((1 - mean) / std, shape), shape, np.float32)}
     if cfg.observe_sigma:
         obs["sigma"] = spaces.Box(0.0, max(core.sigmas), (1,), np.float32)
     return spaces.Dict(obs)
@@ -140,7 +144,7 @@ class CIMEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._episode = None
         self.drawer.episodes_done += 1
         info = {k: (v[0] if k == "path" else v[0].item()) for k, v in outcome_info(self.core, images, chips, out).items()}
-        return self._obs, float(out.reward[0]), True, False, info
+        return {k: v.copy() for k, v in self._obs.items()}, float(out.reward[0]), True, False, info
 
 
 class CIMVectorEnv(VectorEnv[dict[str, np.ndarray], Any, np.ndarray]):

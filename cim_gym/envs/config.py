@@ -84,8 +84,10 @@ class EnvConfig:
 
         if self.dataset not in DATASETS:
             _fail("dataset", self.dataset, f"one of {sorted(DATASETS)}")
-        if self.depth is not None and (not isinstance(self.depth, int) or isinstance(self.depth, bool)):
-            _fail("depth", self.depth, "None or an integer 6n+2")
+        if self.depth is not None:
+            from cim_gym.models import blocks_per_stage
+
+            blocks_per_stage(self.depth)  # raises a ValueError naming the allowed depths
         for name, value, choices in (
             ("split", self.split, SPLITS),
             ("noise_source", self.noise_source, NOISE_SOURCES),

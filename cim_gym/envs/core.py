@@ -7,6 +7,7 @@ a batch of one, the vector environments with a batch of N, so both give the same
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,15 @@ import torch
 from torch import Tensor
 
 from cim_gym.envs.config import EnvConfig
+
+
+def _one_thread_after_fork() -> None:
+    # A forked worker (Gymnasium's AsyncVectorEnv forks by default) that enters the OpenMP pool its parent already
+    # used hangs forever; with one thread torch never enters it. The processes are the parallelism there anyway.
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 
 def resolve_cim(spec: str | dict[str, Any]) -> Any:
@@ -115,7 +125,8 @@ class EnvCore:
         return len(self.sigmas) * self.config.chips_per_sigma
 
     def chip_sigma(self, chip_ids: np.ndarray) -> np.ndarray:
-        return np.asarray(self.sigmas, dtype=np.float32)[np.asarray(chip_ids) // self.config.chips_per_sigma]
+        """The sigma of each chip (float64, as configured)."""
+        return np.asarray(self.sigmas, dtype=np.float64)[np.asarray(chip_ids) // self.config.chips_per_sigma]
 
     def sigma_index(self, sigma: float) -> int:
         """Index of a pinned ``sigma`` in the grid, or a ValueError saying what the grid is."""
@@ -128,13 +139,30 @@ class EnvCore:
         return hits[0]
 
     # ---- observations -----------------------------------------------------------------------------------------
+    @property
+    def _feature_reader(self) -> Any:
+        """The quantized layer that reads the first stage's output (the first conv of the second stage)."""
+        return self.model.blocks[self.model.stage_starts[1]].conv1
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The frozen digital encoder: the clean backbone's stem and first stage, as the next layer reads them
+        (quantized to ``input_bits`` on its calibrated range ``[0, r]``), global-average-pooled; shape (B, 16)."""
+        m = self.model
+        h = m.run_blocks(m.stem(x), None, 0, m.stage_starts[1])
+        return self._feature_reader.quant_input(h).mean(dim=(2, 3))
+
+    @property
+    def feature_bounds(self) -> tuple[float, float]:
+        r = float(self._feature_reader.input_range)
+        return (-r if bool(self._feature_reader.signed_input) else 0.0, r)
+
     def features(self, image_ids: np.ndarray) -> Tensor:
-        """Features of the given images, computed once per image by the clean, digital backbone."""
+        """Features of the given images, computed once per image (lazily) and cached."""
         ids = torch.as_tensor(np.asarray(image_ids), device=self.device)
         missing = ids[~self._have_features[ids]].unique()
         if missing.numel():
             with torch.no_grad():
-                feats = self.model.features(self.images[missing])
+                feats = self.encode(self.images[missing])
             if self._features.shape[1] == 0:
                 self._features = torch.zeros(len(self.labels), feats.shape[1], device=self.device)
             self._features[missing] = feats
@@ -152,7 +180,7 @@ class EnvCore:
         else:
             obs = {"image": self.images[torch.as_tensor(np.asarray(image_ids))].cpu().numpy().astype(np.float32)}
         if self.config.observe_sigma:
-            obs["sigma"] = self.chip_sigma(chip_ids)[:, None]
+            obs["sigma"] = self.chip_sigma(chip_ids).astype(np.float32)[:, None]
         return obs
 
     # ---- execution --------------------------------------------------------------------------------------------

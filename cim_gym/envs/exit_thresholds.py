@@ -16,8 +16,9 @@ class CIMExitThresholdsEnv(CIMEnv):
     final head.
 
     ## Action Space
-    ``Box(0, ln C, (E-1,), float32)``: the thresholds of exits 0 .. E-2 (C classes). 0 never exits early, ln C
-    always exits at exit 0.
+    ``Box(-1, 1, (E-1,), float32)``: the thresholds of exits 0 .. E-2, mapped to entropies
+    ``T_e = (action[e] + 1) / 2 * ln C`` (C classes): exit e takes a sample when its entropy is below ``T_e``.
+    -1 never exits early; 1 takes every sample at exit 0.
 
     ## Observation
     ``Dict``: ``features`` ``Box(float32, (16,))`` (or ``image`` with ``obs_mode="image"``) and ``sigma``
