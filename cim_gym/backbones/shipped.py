@@ -19,7 +19,7 @@ from pathlib import Path
 from cim_gym.backbones.checkpoint import SHIPPED_DIR
 
 DIGITS_COMMON = "--dataset digits --epochs 60 --batch-size 64 --seed 0"
-FASHION_COMMON = "--dataset fashion-mnist --epochs 2 --batch-size 128 --seed 0 --warmup-epochs 0.3"
+FASHION_COMMON = "--dataset fashion-mnist --epochs 2 --batch-size 128 --seed 0 --warmup-epochs 0.3 --no-augment"
 
 SHIPPED: dict[str, str] = {
     "digits-resnet8-blockdrop": f"{DIGITS_COMMON} --depth 8 --variant blockdrop",
