@@ -446,7 +446,7 @@ def train_backbone(s: TrainSettings) -> Path:
         "quantization": cfg.to_dict(),
         "training": {"command": s.command(), "settings": s.result_fields(),
                      "survival": p_keep, "exit_weights": list(weights) if multi else None,
-                     "torch_version": torch.__version__, "device": str(device),
+                     "torch_version": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
                      "epoch_seconds": _epoch_seconds(run_dir)},
         "accuracy": accuracy,
     }
