@@ -46,9 +46,9 @@ class EnvConfig:
     """What sigma scales: "programming" variation (default, the proposal's), "read" noise or "output" noise."""
     sigmas: tuple[float, ...] | None = None
     """The chip sigmas, explicitly; None means ``num_sigmas`` values evenly spaced over ``sigma_range``."""
-    sigma_range: tuple[float, float] = (0.0, 0.1)
+    sigma_range: tuple[float, float] = (0.0, 0.15)
     """(low, high) of the sigma grid when ``sigmas`` is None."""
-    num_sigmas: int = 11
+    num_sigmas: int = 7
     """Points of the sigma grid when ``sigmas`` is None."""
     chips_per_sigma: int = 4
     """Independent chips programmed per sigma value: the pool holds ``len(sigmas) * chips_per_sigma`` chips."""
@@ -140,7 +140,7 @@ class EnvConfig:
             return tuple(sorted(self.sigmas))
         lo, hi = self.sigma_range
         n = 1 if lo == hi else self.num_sigmas
-        return tuple(float(lo + (hi - lo) * i / max(n - 1, 1)) for i in range(n))
+        return tuple(round(lo + (hi - lo) * i / max(n - 1, 1), 12) for i in range(n))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

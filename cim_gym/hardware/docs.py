@@ -40,7 +40,10 @@ def sigma_tables(weights: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)) -> st
     return "\n".join(out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     print(markdown())
 
 
