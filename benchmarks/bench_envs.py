@@ -4,7 +4,7 @@ Prints single-env steps/s, batched vector-env steps/s, and the batched env's tim
 forward of the same backbone on the same chips with the same masks (the env's overhead; target <= 25%).
 Medians over repeats; the machine is noisy, so read the ratios.
 
-    python benchmarks/bench_envs.py [--dataset digits] [--num-envs 256] [--repeats 7]
+    python benchmarks/bench_envs.py [--dataset digits] [--num-envs 256] [--repeats 7] [--threads 1]
 """
 
 from __future__ import annotations
@@ -38,8 +38,12 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=256)
     parser.add_argument("--single-steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=10, help="vector steps per timed repeat")
     parser.add_argument("--chips-per-sigma", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     kwargs = {"dataset": args.dataset, "chips_per_sigma": args.chips_per_sigma, "chip_seed": 0}
 
     env = gym.make(args.env_id, **kwargs)
@@ -62,23 +66,33 @@ def main() -> None:
         venv.action_space.seed(0)
         batch_actions = venv.action_space.sample()
         core, act = venv.unwrapped.core, venv.unwrapped.act
-        t_env = median_time(lambda: venv.step(batch_actions), args.repeats)
-
-        # The bare work: the same chips, images and actions, one forward per distinct chip, nothing else.
-        images, chips = venv.unwrapped._episodes
         checked = act.check(batch_actions, args.num_envs)
-        groups = [(core.pool[int(c)], core.images[torch.as_tensor(images[chips == c])], checked[chips == c])
-                  for c in np.unique(chips)]
+        for _ in range(3):  # warm-up: every chip programmed, most features cached
+            venv.step(batch_actions)
 
-        def bare() -> None:
+        env_times, bare_times, groups_seen = [], [], []
+        for _ in range(args.repeats):
+            # The env's steps, recording which images and chips each step ran ...
+            episodes = []
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                episodes.append(venv.unwrapped._episodes)
+                venv.step(batch_actions)
+            env_times.append(time.perf_counter() - start)
+            # ... then the bare work of the very same steps: one masked forward per distinct chip, nothing else.
+            start = time.perf_counter()
             with torch.no_grad():
-                for chip, x, a in groups:
-                    act.forward(chip, x, a)
-
-        t_bare = median_time(bare, args.repeats)
+                for images, chips in episodes:
+                    for c in np.unique(chips):
+                        sel = chips == c
+                        act.forward(core.pool[int(c)], core.images[torch.as_tensor(images[sel])], checked[sel])
+            bare_times.append(time.perf_counter() - start)
+            groups_seen.append(np.mean([len(np.unique(chips)) for _, chips in episodes]))
+        t_env, t_bare = statistics.median(env_times), statistics.median(bare_times)
+        per_step = args.steps * args.num_envs
         label = f"vector env N={args.num_envs}, " + ("chip per episode" if chips_per_batch is None else f"{chips_per_batch} chips/step")
-        rows.append((label, args.num_envs / t_env, t_env / t_bare - 1))
-        rows.append((f"  bare masked forward ({len(groups)} chips)", args.num_envs / t_bare, None))
+        rows.append((label, per_step / t_env, t_env / t_bare - 1))
+        rows.append((f"  bare masked forward (~{statistics.median(groups_seen):.0f} chips/step)", per_step / t_bare, None))
 
     print(f"{args.env_id} on {args.dataset}, torch threads {torch.get_num_threads()}")
     print(f"{'what':<48} {'steps/s':>10} {'env overhead':>13}")
