@@ -326,6 +326,17 @@ def build(s: TrainSettings, info: Any) -> tuple[nn.Module, Any]:
 
 def train_backbone(s: TrainSettings) -> Path:
     """Run (or resume) the training described by ``s``; return the path of the written checkpoint's sidecar."""
+    flush = s.flush_denormal and pick_device(s.device).type == "cpu"
+    if flush:
+        torch.set_flush_denormal(True)
+    try:
+        return _train(s)
+    finally:
+        if flush:  # processor-wide state: give the rest of the process torch's default back
+            torch.set_flush_denormal(False)
+
+
+def _train(s: TrainSettings) -> Path:
     from tqdm import tqdm
 
     from cim_gym.data import load_dataset
@@ -333,8 +344,6 @@ def train_backbone(s: TrainSettings) -> Path:
     if s.threads > 0:
         torch.set_num_threads(s.threads)
     device = pick_device(s.device)
-    if device.type == "cpu" and s.flush_denormal:
-        torch.set_flush_denormal(True)
     run_dir = Path(s.run_dir) if s.run_dir else Path("runs") / "backbones" / f"{s.name}-seed{s.seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     settings_path = run_dir / "settings.json"
