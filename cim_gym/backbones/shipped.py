@@ -41,10 +41,13 @@ def command(name: str) -> str:
     return f"python -m cim_gym.backbones.train {SHIPPED[name]} --ship"
 
 
-def train(names: Sequence[str], threads: int) -> None:
+def train(names: Sequence[str], threads: int, skip_existing: bool = False) -> None:
     from cim_gym.backbones.train import main
 
     for name in names:
+        if skip_existing and (SHIPPED_DIR / f"{name}.json").is_file():
+            print(f"=== {name}: already shipped, skipped", flush=True)
+            continue
         args = shlex.split(SHIPPED[name]) + ["--ship", "--no-progress"]
         if threads:
             args += ["--threads", str(threads)]
@@ -145,9 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in names if n not in SHIPPED]
     if unknown:
         p.error(f"unknown checkpoint(s) {unknown}; known: {list(SHIPPED)}")
-    if args.skip_existing:
-        names = [n for n in names if not (SHIPPED_DIR / f"{n}.json").is_file()]
-    train(names, args.threads)
+    train(names, args.threads, args.skip_existing)
     return 0
 
 
