@@ -136,11 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     st.add_argument("--chips", type=int, default=5)
     st.add_argument("--images", type=int, default=2000, help="test images (fixed random subset; 0: all)")
     st.add_argument("--out", default="benchmarks/results/shipped_sigma.csv")
+    st.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.cmd == "table":
         print(table())
         return 0
     if args.cmd == "sigma-table":
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         names = args.name or [n for n in SHIPPED if (SHIPPED_DIR / f"{n}.json").is_file()]
         print(sigma_table(names, args.sigmas, args.chips, args.images, Path(args.out)))
         return 0
