@@ -27,11 +27,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from cim_gym.hardware.config import CIMConfig
 from cim_gym.hardware.quant import QuantLayer, analog_layer_names, layer_roles
+from cim_gym.models.resnet import layer_output_positions, macs_per_position
 
 __all__ = ["EnergyTable", "LayerCost", "count_costs", "energy_table_markdown", "group_costs", "sum_costs"]
 
@@ -138,43 +138,29 @@ def count_costs(model: nn.Module, cfg: CIMConfig, input_shape: Sequence[int], **
     inner = getattr(model, "model", model) if type(model).__name__ == "Chip" else model
     roles = layer_roles(inner)
     analog = set(analog_layer_names(inner, cfg))
-    shapes: dict[str, tuple[int, int]] = {}  # name -> (output positions per image, calls)
-    hooks = []
+    # count_costs also serves models whose input ranges are not calibrated yet: give them a placeholder range.
     restore: list[tuple[Tensor, float]] = []
-    for name, m in inner.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            def hook(mod: nn.Module, _i: object, out: Tensor, name: str = name) -> None:
-                pos = out[0].numel() // (mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features)
-                prev = shapes.get(name, (0, 0))
-                shapes[name] = (prev[0] + pos, prev[1] + 1)
-            hooks.append(m.register_forward_hook(hook))
-            rng = getattr(m, "input_range", None)
-            if isinstance(rng, Tensor) and float(rng) <= 0:
-                restore.append((rng, float(rng)))
-                rng.fill_(1.0)
-    was_training = inner.training
+    for m in inner.modules():
+        rng = getattr(m, "input_range", None)
+        if isinstance(rng, Tensor) and float(rng) <= 0:
+            restore.append((rng, float(rng)))
+            rng.fill_(1.0)
     try:
-        inner.eval()
-        p = next(inner.parameters())
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype), **forward_kwargs)
+        positions = layer_output_positions(model, input_shape, root=inner, **forward_kwargs)
     finally:
-        for h in hooks:
-            h.remove()
         for t, v in restore:
             t.fill_(v)
-        inner.train(was_training)
     modules = dict(inner.named_modules())
     out: dict[str, LayerCost] = {}
     R = cfg.subarray_rows
-    for name, (L, _) in shapes.items():
+    for name, L in positions.items():
         m = modules[name]
         if isinstance(m, nn.Conv2d):
             kk = m.kernel_size[0] * m.kernel_size[1]
             cin, cout = m.in_channels // m.groups, m.out_channels
         else:
             kk, cin, cout = 1, m.in_features, m.out_features
-        macs = L * cin * kk * cout
+        macs = L * macs_per_position(m)
         if name not in analog:
             out[name] = LayerCost(macs=macs, digital_macs=macs)
             continue

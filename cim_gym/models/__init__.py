@@ -1,6 +1,21 @@
 """Backbones: CIFAR-style ResNet-(6n+2) with block masks, and its multi-exit variant. Knows nothing of hardware."""
 
 from cim_gym.models.multi_exit import MultiExitResNet
-from cim_gym.models.resnet import BasicBlock, ResNet, blocks_per_stage, count_layer_macs
+from cim_gym.models.resnet import (
+    BasicBlock,
+    ResNet,
+    blocks_per_stage,
+    count_layer_macs,
+    layer_output_positions,
+    macs_per_position,
+)
 
-__all__ = ["BasicBlock", "MultiExitResNet", "ResNet", "blocks_per_stage", "count_layer_macs"]
+__all__ = [
+    "BasicBlock",
+    "MultiExitResNet",
+    "ResNet",
+    "blocks_per_stage",
+    "count_layer_macs",
+    "layer_output_positions",
+    "macs_per_position",
+]

@@ -162,28 +162,42 @@ def make_head(in_channels: int, num_classes: int) -> nn.Sequential:
     return head
 
 
-def count_layer_macs(model: nn.Module, input_shape: Sequence[int], **forward_kwargs: object) -> dict[str, int]:
-    """MACs per image of every Conv2d / Linear of ``model``, from one forward of a zero image of ``input_shape``."""
-    macs: dict[str, int] = {}
+def layer_output_positions(
+    model: nn.Module, input_shape: Sequence[int], root: nn.Module | None = None, **forward_kwargs: object
+) -> dict[str, int]:
+    """Output positions per image (pixels times calls) of every Conv2d / Linear of ``root`` (default ``model``),
+    from one eval-mode forward of ``model`` on a zero image of ``input_shape``; ``forward_kwargs`` pick a path."""
+    root = model if root is None else root
+    positions: dict[str, int] = {}
     hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            def conv_hook(mod: nn.Conv2d, _inp: object, out: Tensor, name: str = name) -> None:
-                k = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
-                macs[name] = macs.get(name, 0) + k * out[0].numel()
-            hooks.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            def linear_hook(mod: nn.Linear, _inp: object, out: Tensor, name: str = name) -> None:
-                macs[name] = macs.get(name, 0) + mod.in_features * out[0].numel()
-            hooks.append(module.register_forward_hook(linear_hook))
-    was_training = model.training
+    for name, module in root.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            def hook(mod: nn.Module, _inp: object, out: Tensor, name: str = name) -> None:
+                width = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
+                positions[name] = positions.get(name, 0) + out[0].numel() // width
+            hooks.append(module.register_forward_hook(hook))
+    was_training = root.training
     try:
-        model.eval()
-        param = next(model.parameters())
+        root.eval()
+        param = next(root.parameters())
         with torch.no_grad():
             model(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype), **forward_kwargs)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
-    return macs
+        root.train(was_training)
+    return positions
+
+
+def macs_per_position(module: nn.Conv2d | nn.Linear) -> int:
+    """Multiply-accumulates of one output position (all output channels) of a Conv2d or Linear."""
+    if isinstance(module, nn.Conv2d):
+        return module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+    return module.in_features * module.out_features
+
+
+def count_layer_macs(model: nn.Module, input_shape: Sequence[int], **forward_kwargs: object) -> dict[str, int]:
+    """MACs per image of every Conv2d / Linear of ``model``, from one forward of a zero image of ``input_shape``."""
+    modules = dict(model.named_modules())
+    positions = layer_output_positions(model, input_shape, **forward_kwargs)
+    return {name: p * macs_per_position(modules[name]) for name, p in positions.items()}
