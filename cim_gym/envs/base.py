@@ -143,7 +143,7 @@ class CIMEnv(gym.Env[dict[str, np.ndarray], Any]):
         out = self.core.run(images, chips, self.act, actions)
         self._episode = None
         self.drawer.episodes_done += 1
-        info = {k: (v[0] if k == "path" else v[0].item()) for k, v in outcome_info(self.core, images, chips, out).items()}
+        info = {k: v[0].item() if v[0].ndim == 0 else v[0] for k, v in outcome_info(self.core, images, chips, out).items()}
         return {k: v.copy() for k, v in self._obs.items()}, float(out.reward[0]), True, False, info
 
 
