@@ -77,8 +77,36 @@ def test_info_and_observation(env_id: str) -> None:
     for key in ("correct", "label", "prediction", "sigma", "chip_id", "usage", "macs", "energy_pj", "latency_ns"):
         assert key in info
     assert reward == (1.0 if info["correct"] else -1.0)
-    assert 0 < info["usage"] <= 1 or info["usage"] == 0
-    assert info["macs"] > 0 and info["energy_pj"] > 0
+    assert info["correct"] == (info["prediction"] == info["label"])
+    assert info["macs"] > 0 and info["energy_pj"] > 0 and info["latency_ns"] > 0
+
+
+def test_path_costs_match_the_models_own_accounting() -> None:
+    import torch
+
+    env = make("CIMBlockDrop-v0").unwrapped
+    model, shape = env.core.model, env.core.info.input_shape
+    env.reset(seed=0)
+    mask = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1], dtype=np.int8)
+    info = env.step(mask)[-1]
+    assert info["macs"] == model.path_macs(torch.as_tensor(mask[None]), shape)[0]
+    assert info["usage"] == pytest.approx(5 / 9)
+    np.testing.assert_array_equal(info["path"], mask)
+
+    exits = make("CIMEarlyExit-v0").unwrapped
+    exit_macs = exits.core.model.exit_macs(shape)
+    for e in range(exits.core.model.num_exits):
+        exits.reset(seed=e)
+        info = exits.step(e)[-1]
+        assert (info["path"], info["macs"]) == (e, exit_macs[e])
+        assert info["usage"] == pytest.approx(float(exit_macs[e] / exit_macs[-1]))
+
+    thresholds = make("CIMExitThresholds-v0").unwrapped
+    n = thresholds.action_space.shape[0]
+    for action, path in ((np.ones(n), 0), (-np.ones(n), n)):  # T = ln C takes everything at exit 0; T = 0 nothing
+        thresholds.reset(seed=0)
+        info = thresholds.step(action.astype(np.float32))[-1]
+        assert (info["path"], info["macs"]) == (path, exit_macs[path])
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
