@@ -19,6 +19,10 @@ from pathlib import Path
 from cim_gym.backbones.checkpoint import SHIPPED_DIR
 
 DIGITS_COMMON = "--dataset digits --epochs 60 --batch-size 64 --seed 0"
+# Fashion-MNIST: 2 epochs without augmentation, trained with --threads 1 (2 CPU cores shared with other jobs; two
+# threads under that load ran 4-5x slower than one). Not converged; more epochs (and augmentation) raise accuracy.
+# The multi-exit one is a ResNet-32: a multi-exit ResNet-56 epoch costs ~1.7x as much and did not fit the time.
+# Digits were trained with --threads 2. (Weights are bitwise reproducible for the same torch build and threads.)
 FASHION_COMMON = "--dataset fashion-mnist --epochs 2 --batch-size 128 --seed 0 --warmup-epochs 0.3 --no-augment"
 
 SHIPPED: dict[str, str] = {
