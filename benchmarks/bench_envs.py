@@ -90,7 +90,8 @@ def main() -> None:
             groups_seen.append(np.mean([len(np.unique(chips)) for _, chips in episodes]))
         t_env, t_bare = statistics.median(env_times), statistics.median(bare_times)
         per_step = args.steps * args.num_envs
-        label = f"vector env N={args.num_envs}, " + ("chip per episode" if chips_per_batch is None else f"{chips_per_batch} chips/step")
+        grouping = "chip per episode" if chips_per_batch is None else f"{chips_per_batch} chips/step"
+        label = f"vector env N={args.num_envs}, {grouping}"
         rows.append((label, per_step / t_env, t_env / t_bare - 1))
         rows.append((f"  bare masked forward (~{statistics.median(groups_seen):.0f} chips/step)", per_step / t_bare, None))
 

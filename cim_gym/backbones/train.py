@@ -31,7 +31,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -276,7 +276,7 @@ def random_mask_accuracy(model: nn.Module, images: Tensor, labels: Tensor, keep_
 
 def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
         (decay if p.ndim > 1 else no_decay).append(p)

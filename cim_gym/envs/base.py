@@ -29,7 +29,8 @@ def observation_space(core: EnvCore) -> spaces.Dict:
         # Normalized pixels: (0 - mean) / std to (1 - mean) / std, per channel.
         mean, std = (np.asarray(v, dtype=np.float32).reshape(-1, 1, 1) for v in (core.info.mean, core.info.std))
         shape = core.info.input_shape
-        obs = {"image": spaces.Box(np.broadcast_to(-mean / std, shape), np.broadcast_to((1 - mean) / std, shape), shape, np.float32)}
+        low, high = np.broadcast_to(-mean / std, shape), np.broadcast_to((1 - mean) / std, shape)
+        obs = {"image": spaces.Box(low, high, shape, np.float32)}
     if cfg.observe_sigma:
         obs["sigma"] = spaces.Box(0.0, max(core.sigmas), (1,), np.float32)
     return spaces.Dict(obs)
@@ -87,7 +88,8 @@ class EpisodeDrawer:
     def _pinned(name: str, value: Any, n: int, limit: int) -> np.ndarray:
         array = np.broadcast_to(np.asarray(value), (n,)) if np.ndim(value) == 0 else np.asarray(value)
         if array.shape != (n,) or array.dtype.kind not in "iu" or ((array < 0) | (array >= limit)).any():
-            raise ValueError(f"reset option {name}={value!r} is not allowed: expected an integer in [0, {limit - 1}] (or {n} of them)")
+            raise ValueError(f"reset option {name}={value!r} is not allowed: "
+                             f"expected an integer in [0, {limit - 1}] (or {n} of them)")
         return array.astype(np.int64)
 
 
@@ -127,7 +129,9 @@ class CIMEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._episode: tuple[np.ndarray, np.ndarray] | None = None
         self._obs: dict[str, np.ndarray] | None = None
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
         self.drawer.ensure_pool(self.np_random, reseeded=seed is not None)
         images, chips = self.drawer.draw(self.np_random, 1, options)
@@ -180,7 +184,9 @@ class CIMVectorEnv(VectorEnv[dict[str, np.ndarray], Any, np.ndarray]):
         self._obs = self.core.observe(images, chips)
         return self._obs, episode_info(self.core, images, chips)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         if seed is not None:
             self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
         self.drawer.ensure_pool(self.np_random, reseeded=seed is not None)

@@ -78,7 +78,8 @@ class EnvCore:
 
         self.config = config
         self.device = pick_device(config.device)
-        self.backbone = load_backbone(config.dataset, depth=config.depth or default_depth, variant=variant, **config.backbone_kwargs)
+        self.backbone = load_backbone(config.dataset, depth=config.depth or default_depth, variant=variant,
+                                      **config.backbone_kwargs)
         self.model = self.backbone.model.to(self.device).eval()
         self.cim = resolve_cim(config.cim)
         self._check_bits()

@@ -19,7 +19,9 @@ from cim_gym.hardware.config import CIMConfig
 __all__ = ["sigma_table", "weight_noise_std"]
 
 
-def weight_noise_std(cfg: CIMConfig, w: Tensor | np.ndarray | float | list[float], source: str = "programming") -> Tensor | np.ndarray:
+def weight_noise_std(
+    cfg: CIMConfig, w: Tensor | np.ndarray | float | list[float], source: str = "programming"
+) -> Tensor | np.ndarray:
     """Std of the effective normalized weight (weights in [-1, 1]) per unit sigma, as a function of the weight.
 
     :param w: normalized weight value(s) ``w / s`` in [-1, 1]; quantized like the model does.

@@ -111,5 +111,6 @@ class MultiExitResNet(ResNet):
         macs = self.layer_macs(input_shape)
         stem = sum(v for k, v in macs.items() if k.startswith("stem."))
         blocks = self.block_macs(input_shape).cumsum(0)
-        heads = [sum(v for k, v in macs.items() if k.startswith(p)) for p in [f"exits.{i}." for i in range(len(self.exits))] + ["head."]]
+        prefixes = [f"exits.{i}." for i in range(len(self.exits))] + ["head."]
+        heads = [sum(v for k, v in macs.items() if k.startswith(p)) for p in prefixes]
         return torch.tensor([stem + int(blocks[t]) + heads[e] for e, t in enumerate(self.exit_after)])

@@ -19,7 +19,8 @@ WIDTHS = (16, 32, 64)
 def blocks_per_stage(depth: int) -> int:
     """Return n for a ResNet of depth 6n+2, or raise a ValueError naming the allowed depths."""
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
-        raise ValueError(f"depth={depth!r} is not allowed: a CIFAR ResNet has depth 6n+2 with n >= 1 (8, 14, 20, 32, 56, 110, ...)")
+        raise ValueError(f"depth={depth!r} is not allowed: "
+                         "a CIFAR ResNet has depth 6n+2 with n >= 1 (8, 14, 20, 32, 56, 110, ...)")
     return (depth - 2) // 6
 
 

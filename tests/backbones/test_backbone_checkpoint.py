@@ -26,7 +26,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "backbones"
 
 
-def tiny_checkpoint(folder: Path, cls=ResNet, dataset: str = "toyset", variant: str = "blockdrop") -> tuple[torch.nn.Module, Path]:
+def tiny_checkpoint(
+    folder: Path, cls=ResNet, dataset: str = "toyset", variant: str = "blockdrop"
+) -> tuple[torch.nn.Module, Path]:
     torch.manual_seed(0)
     cfg = CIMConfig(weight_bits=8, input_bits=8)
     plain = cls(8, 10, in_channels=1)

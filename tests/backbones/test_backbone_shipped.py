@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from cim_gym.backbones import list_backbones, load_backbone
 from cim_gym.backbones.checkpoint import SHIPPED_DIR

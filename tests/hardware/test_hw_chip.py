@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
+from hw_nets import make_qnet
 from torch import nn
 
 from cim_gym.hardware import CIMConfig, calibrate, get_preset, program, quantize_model, weight_noise_std
 from cim_gym.hardware.adc import adc_convert
 from cim_gym.hardware.chip import Calibration, ChipLayer
 from cim_gym.hardware.exact import ExactEngine
-
-from hw_nets import make_qnet
 
 MAPPINGS = [("offset", "rows"), ("offset", "neurosim"), ("differential", "rows"), ("differential", "neurosim")]
 

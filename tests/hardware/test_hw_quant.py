@@ -7,9 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from cim_gym.hardware import CIMConfig, get_preset, inject_noise, quantize_model
-from cim_gym.hardware import cells
-from cim_gym.hardware.quant import QuantConv2d, QuantLinear, analog_layer_names, input_levels, quantize_input, quantize_weight
+from cim_gym.hardware import CIMConfig, cells, get_preset, inject_noise, quantize_model
+from cim_gym.hardware.quant import (
+    QuantConv2d,
+    QuantLinear,
+    analog_layer_names,
+    input_levels,
+    quantize_input,
+    quantize_weight,
+)
 
 floats = st.floats(-10, 10, allow_nan=False, width=32)
 
@@ -32,7 +38,8 @@ def test_weight_quantizer_levels(values: list[float], bits: int) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 2**16 - 1), min_size=1, max_size=32), st.sampled_from([(8, 4), (8, 2), (8, 1), (8, 8), (12, 4), (16, 8), (6, 3)]))
+@given(st.lists(st.integers(0, 2**16 - 1), min_size=1, max_size=32),
+       st.sampled_from([(8, 4), (8, 2), (8, 1), (8, 8), (12, 4), (16, 8), (6, 3)]))
 def test_bit_slicing_round_trip(levels: list[int], bits_cell: tuple[int, int]) -> None:
     bits, c = bits_cell
     x = torch.tensor(levels, dtype=torch.float32) % (2**bits)
@@ -45,7 +52,9 @@ def test_bit_slicing_round_trip(levels: list[int], bits_cell: tuple[int, int]) -
 @settings(max_examples=40, deadline=None)
 @given(st.lists(floats, min_size=1, max_size=32), st.sampled_from([1, 2, 4, 8]), st.sampled_from(["offset", "differential"]),
        st.sampled_from([(8, 4), (8, 2), (4, 4), (6, 3)]), st.floats(1.5, 1000))
-def test_noise_free_cells_read_back_the_quantized_weight(values: list[float], _: int, mapping: str, bc: tuple[int, int], R: float) -> None:
+def test_noise_free_cells_read_back_the_quantized_weight(
+    values: list[float], _: int, mapping: str, bc: tuple[int, int], R: float
+) -> None:
     bits, c = bc
     cfg = CIMConfig(weight_bits=bits, cell_bits=c, mapping=mapping, onoff_ratio=R)
     w = torch.tensor(values).clamp(-1, 1)
