@@ -149,6 +149,26 @@ def test_per_chip_and_shared_adc_calibration() -> None:
     assert err["chip"] < 0.01 < err["shared"]
 
 
+def test_per_chip_calibration_of_a_noise_free_chip_sees_the_shared_ranges() -> None:
+    """At sigma 0 a chip's own calibration sees what the shared one saw: the whole batch by default (a few images
+    give narrower ranges, and later images clip). Its first ADC layer gets exactly the shared ranges; deeper layers
+    see the chip's own (ADC-quantized) activations, which a 16-bit ADC barely changes."""
+    cfg = CIMConfig(subarray_rows=32, adc_bits=16)
+    q, _ = make_qnet(cfg)
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    calib = calibrate(q, cfg, x)
+    chip = program(q, cfg, 0.0, 0, calibration=calib)
+    exact = [(name, layer.engine.ranges) for name, layer in chip.analog_layers() if layer.engine is not None]
+    assert len(exact) >= 2
+    for i, (name, ranges) in enumerate(exact):
+        shared = calib.adc_ranges[name]
+        tol = {"rtol": 0.0, "atol": 0.0} if i == 0 else {"rtol": 0.02, "atol": 0.0}
+        for field in ("lo", "hi", "ref_lo", "ref_hi"):
+            torch.testing.assert_close(getattr(ranges, field), getattr(shared, field), **tol)
+    with pytest.raises(ValueError, match="chip_batch=0"):
+        calibrate(q, cfg, x, chip_batch=0)
+
+
 def test_full_scale_and_calibrated_need_no_batch() -> None:
     cfg = CIMConfig(adc_bits=5, adc_range="calibrated")
     q, x = make_qnet(cfg)
