@@ -22,12 +22,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from cim_gym.backbones.checkpoint import atomic_write
 
 DEFAULT_LEVELS: dict[str, list[float]] = {
     "programming": [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15],
@@ -81,9 +84,10 @@ def run_study(
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     data = None
-    csv_path = out.with_suffix(".csv")
+    # rows go to a ".partial" file as they come (a long study can be watched); it replaces the CSV only when done
+    csv_path, partial = out.with_suffix(".csv"), out.with_suffix(".csv.partial")
     fields = ["dataset", "depth", "variant", "source", "level", "chip_seed", "accuracy", "n_images", "seconds"]
-    with open(csv_path, "w", newline="") as f:
+    with open(partial, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for depth in depths:
@@ -116,6 +120,7 @@ def run_study(
                         f.flush()
                         rows.append(row)
                         print(json.dumps(row), flush=True)
+    os.replace(partial, csv_path)
     plot(rows, out.with_suffix(".png"))
     return rows
 
@@ -158,25 +163,26 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     dataset = rows[0]["dataset"] if rows else ""
     fig.suptitle(f"{dataset}: accuracy vs noise by depth (mean, band = min..max over chips)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cim_gym.backbones.noise_study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--depths", type=int, nargs="+", default=[8, 20, 32, 56])
-    p.add_argument("--variant", default="blockdrop")
-    p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
+    p.add_argument("--dataset", default="fashion-mnist", help="data set of the backbones (default fashion-mnist)")
+    p.add_argument("--depths", type=int, nargs="+", default=[8, 20, 32, 56], help="backbone depths (default 8 20 32 56)")
+    p.add_argument("--variant", default="blockdrop", help="backbone variant (default blockdrop)")
+    p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES, help="noise sources (default all)")
     for source in SOURCES:
-        p.add_argument(f"--{source}-levels", type=float, nargs="+", default=DEFAULT_LEVELS[source])
+        p.add_argument(f"--{source}-levels", type=float, nargs="+", default=DEFAULT_LEVELS[source],
+                       help=f"levels of {source} (default {' '.join(map(str, DEFAULT_LEVELS[source]))})")
     p.add_argument("--chips", type=int, default=5, help="chips (seeds) per noisy level")
     p.add_argument("--images", type=int, default=2000, help="test images per point, fast path (0: all)")
     p.add_argument("--images-exact", type=int, default=500, help="test images per point for read noise and ADC")
-    p.add_argument("--calibration-images", type=int, default=256)
+    p.add_argument("--calibration-images", type=int, default=256, help="training images calibrating the chips")
     p.add_argument("--preset", default=None, help="hardware preset as the base config (default: the backbone's)")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/noise_study_<dataset>)")
     p.add_argument("--replot", action="store_true", help="only redraw the PNG from an existing CSV")
     a = p.parse_args(argv)

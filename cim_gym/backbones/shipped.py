@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from cim_gym.backbones.checkpoint import SHIPPED_DIR
+from cim_gym.backbones.checkpoint import SHIPPED_DIR, atomic_write
 
 DIGITS_COMMON = "--dataset digits --epochs 60 --batch-size 64 --seed 0"
 # Fashion-MNIST: 2 epochs without augmentation, trained with --threads 1 (2 CPU cores shared with other jobs; two
@@ -116,11 +116,14 @@ def sigma_table(names: Sequence[str], sigmas: Sequence[float], chips: int, image
             cells.append(f"{mean:.1f}" + (f" ({min(accs):.1f}-{max(accs):.1f})" if len(accs) > 1 else ""))
         md.append(f"| {name} | {len(y)} | " + " | ".join(cells) + " |")
         print(md[-1], flush=True)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["name", "sigma", "chip_seed", "accuracy", "n_images"])
+            writer.writeheader()
+            writer.writerows(rows)
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["name", "sigma", "chip_seed", "accuracy", "n_images"])
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write(out, write)
     return "\n".join(md)
 
 
@@ -135,11 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--skip-existing", action="store_true", help="skip checkpoints already in the package")
     sub.add_parser("table", help="print the Markdown table of the shipped checkpoints")
     st = sub.add_parser("sigma-table", help="accuracy of shipped checkpoints on noisy chips (programming variation)")
+    st.add_argument("--dataset", default=None, help="only this data set's checkpoints")
     st.add_argument("--name", nargs="+", default=None, help="checkpoints (default: every shipped one)")
     st.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
     st.add_argument("--chips", type=int, default=5)
     st.add_argument("--images", type=int, default=2000, help="test images (fixed random subset; 0: all)")
-    st.add_argument("--out", default="benchmarks/results/shipped_sigma.csv")
+    st.add_argument("--out", default=None, help="CSV path (default benchmarks/results/shipped_sigma_<dataset>.csv)")
     st.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.cmd == "table":
@@ -150,13 +154,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        names = args.name or [n for n in SHIPPED if (SHIPPED_DIR / f"{n}.json").is_file()]
-        print(sigma_table(names, args.sigmas, args.chips, args.images, Path(args.out)))
-        return 0
     names = args.name or [n for n in SHIPPED if args.dataset is None or n.startswith(args.dataset + "-resnet")]
     unknown = [n for n in names if n not in SHIPPED]
     if unknown:
         p.error(f"unknown checkpoint(s) {unknown}; known: {list(SHIPPED)}")
+    if not names:
+        p.error(f"--dataset {args.dataset!r} has no shipped checkpoints; data sets: "
+                f"{sorted({n.rsplit('-resnet', 1)[0] for n in SHIPPED})}")
+    if args.cmd == "sigma-table":
+        names = [n for n in names if (SHIPPED_DIR / f"{n}.json").is_file()]
+        out = Path(args.out or f"benchmarks/results/shipped_sigma_{args.dataset or 'all'}.csv")
+        print(sigma_table(names, args.sigmas, args.chips, args.images, out))
+        return 0
     train(names, args.threads, args.skip_existing)
     return 0
 

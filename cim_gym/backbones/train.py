@@ -516,12 +516,12 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainSettings:
     p.add_argument("--dataset", default=d.dataset, help="data set: digits, fashion-mnist, mnist, cifar10, cifar100")
     p.add_argument("--depth", type=int, default=d.depth, help="ResNet depth 6n+2")
     p.add_argument("--variant", default=d.variant, choices=VARIANTS, help="blockdrop (stochastic depth) or multiexit")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per SGD step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (SGD, Nesterov 0.9)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--schedule", default=d.schedule, choices=("cosine", "onecycle"))
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 on conv and linear weights")
+    p.add_argument("--schedule", default=d.schedule, choices=("cosine", "onecycle"), help="learning-rate schedule")
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up (cosine schedule)")
     p.add_argument("--survival", type=float, default=None,
                    help="stochastic-depth survival probability per block (default 0.8 blockdrop, 1.0 multiexit)")
     p.add_argument("--exit-weights", type=float, nargs="+", default=None,
@@ -529,22 +529,25 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainSettings:
     p.add_argument("--exit-after", type=int, nargs="+", default=None, help="blocks after which intermediate exits sit")
     p.add_argument("--noise-aware-training", dest="noise_aware_sigma", type=float, default=0.0, metavar="SIGMA_MAX",
                    help="inject chip noise at sigma ~ U(0, SIGMA_MAX) per batch (0: off)")
-    p.add_argument("--noise-source", default=d.noise_source, choices=("programming", "read", "output"))
-    p.add_argument("--weight-bits", type=int, default=d.weight_bits)
-    p.add_argument("--input-bits", type=int, default=d.input_bits)
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--mask-eval-draws", type=int, default=d.mask_eval_draws)
+    p.add_argument("--noise-source", default=d.noise_source, choices=("programming", "read", "output"),
+                   help="what the injected sigma scales")
+    p.add_argument("--weight-bits", type=int, default=d.weight_bits, help="weight quantization bits")
+    p.add_argument("--input-bits", type=int, default=d.input_bits, help="activation quantization bits")
+    p.add_argument("--augment", default=d.augment, action=argparse.BooleanOptionalAction,
+                   help="the data set's augmentation (random crop, and flips where they keep the class)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="training images held out for validation")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of initialization, data order, augmentation, masks")
+    p.add_argument("--mask-eval-draws", type=int, default=d.mask_eval_draws,
+                   help="random masks per keep ratio when the final accuracy with dropped blocks is measured")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-root", default=None, help="folder of the data set files (default: the package's search)")
     p.add_argument("--run-dir", default=None, help="default runs/backbones/<name>-seed<seed>")
     p.add_argument("--out", default=None, help="checkpoint folder (default: the user cache)")
     p.add_argument("--ship", action="store_true", help="write the checkpoint into the package (cim_gym/backbones/weights)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--keep-denormals", dest="flush_denormal", action="store_false",
-                   help="do not flush denormal floats to zero on CPU (slower)")
+    p.add_argument("--progress", default=True, action=argparse.BooleanOptionalAction, help="progress bars")
+    p.add_argument("--flush-denormals", dest="flush_denormal", default=d.flush_denormal,
+                   action=argparse.BooleanOptionalAction, help="flush denormal floats to zero on CPU (faster)")
     args = vars(p.parse_args(argv))
     if args.pop("ship"):
         from cim_gym.backbones.checkpoint import SHIPPED_DIR
