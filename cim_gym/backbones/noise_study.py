@@ -36,7 +36,7 @@ DEFAULT_LEVELS: dict[str, list[float]] = {
     "programming": [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15],
     "read": [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1],
     "output": [0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1],
-    "adc": [8, 7, 6, 5, 4],
+    "adc": [16, 8, 7, 6, 5, 4],  # 16 bits: nearly no rounding, what is left is clipping at the calibrated range
 }
 SOURCES = tuple(DEFAULT_LEVELS)
 READ_NOISE_BATCH = 25
@@ -180,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--chips", type=int, default=5, help="chips (seeds) per noisy level")
     p.add_argument("--images", type=int, default=2000, help="test images per point, fast path (0: all)")
     p.add_argument("--images-exact", type=int, default=500, help="test images per point for read noise and ADC")
-    p.add_argument("--calibration-images", type=int, default=256, help="training images calibrating the chips")
+    p.add_argument("--calibration-images", type=int, default=1024,
+                   help="training images that calibrate output and ADC ranges (min/max: too few clip later images)")
     p.add_argument("--preset", default=None, help="hardware preset as the base config (default: the backbone's)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/noise_study_<dataset>)")

@@ -73,7 +73,9 @@ class EnvConfig:
     energy_price: float = 0.5
     """Price per full-path energy in the "energy" reward; >= 0."""
     calibration_images: int = 256
-    """Training images used once to calibrate ADC and output ranges of the chips."""
+    """Training images that calibrate the chips' output and ADC ranges. With an ADC, every chip runs them once when
+    it is programmed (its own ADC ranges, like a real chip's calibration): fewer images program faster, but later
+    images fall outside the narrower ranges and clip."""
     device: str = "auto"
     """"auto" (CUDA when present), "cpu" or "cuda"."""
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
