@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from cim_gym.backbones.checkpoint import atomic_write
 
@@ -87,7 +88,8 @@ def run_study(
     # rows go to a ".partial" file as they come (a long study can be watched); it replaces the CSV only when done
     csv_path, partial = out.with_suffix(".csv"), out.with_suffix(".csv.partial")
     fields = ["dataset", "depth", "variant", "source", "level", "chip_seed", "accuracy", "n_images", "seconds"]
-    with open(partial, "w", newline="") as f:
+    points = len(depths) * sum(1 if s == "adc" or float(v) == 0.0 else chips for s in sources for v in levels[s])
+    with open(partial, "w", newline="") as f, tqdm(total=points, desc=f"{dataset} noise study", unit="chip") as bar:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for depth in depths:
@@ -119,7 +121,8 @@ def run_study(
                         writer.writerow(row)
                         f.flush()
                         rows.append(row)
-                        print(json.dumps(row), flush=True)
+                        bar.write(json.dumps(row))
+                        bar.update()
     os.replace(partial, csv_path)
     plot(rows, out.with_suffix(".png"))
     return rows

@@ -87,6 +87,7 @@ def sigma_table(names: Sequence[str], sigmas: Sequence[float], chips: int, image
     import csv
 
     import torch
+    from tqdm import tqdm
 
     from cim_gym.backbones import load_backbone
     from cim_gym.backbones.noise_study import subset
@@ -96,6 +97,7 @@ def sigma_table(names: Sequence[str], sigmas: Sequence[float], chips: int, image
 
     rows, md = [], ["| checkpoint | test images | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " |",
                     "| --- | --- | " + " | ".join("---" for _ in sigmas) + " |"]
+    bar = tqdm(total=len(names) * sum(chips if s > 0 else 1 for s in sigmas), desc="sigma table", unit="chip")
     for name in names:
         bb = load_backbone(name)
         m = bb.meta["dataset"]
@@ -112,10 +114,13 @@ def sigma_table(names: Sequence[str], sigmas: Sequence[float], chips: int, image
                     accs.append(float(evaluate(chip, x, y, batch_size=500).flatten()[-1]))
                 rows.append({"name": name, "sigma": sigma, "chip_seed": seed, "accuracy": round(accs[-1], 3),
                              "n_images": len(y)})
+                bar.update()
             mean = sum(accs) / len(accs)
             cells.append(f"{mean:.1f}" + (f" ({min(accs):.1f}-{max(accs):.1f})" if len(accs) > 1 else ""))
         md.append(f"| {name} | {len(y)} | " + " | ".join(cells) + " |")
-        print(md[-1], flush=True)
+        bar.write(md[-1])
+    bar.close()
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["name", "sigma", "chip_seed", "accuracy", "n_images"])
