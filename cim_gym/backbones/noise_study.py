@@ -155,12 +155,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             if src != source:
                 continue
             lv = [p[0] for p in pts]
+            if source == "adc":  # bit counts as evenly spaced categories, finest first
+                bits = sorted(lv, reverse=True)
+                ax.set_xticks(range(len(bits)), [f"{b:g}" for b in bits])
+                lv = [bits.index(b) for b in lv]
             ax.plot(lv, [p[1] for p in pts], marker="o", label=f"ResNet-{depth}")
             ax.fill_between(lv, [p[2] for p in pts], [p[3] for p in pts], alpha=0.2)
         ax.set_xlabel(labels[source])
         ax.set_ylabel("test accuracy (%)")
-        if source == "adc":
-            ax.invert_xaxis()
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     dataset = rows[0]["dataset"] if rows else ""
