@@ -113,16 +113,19 @@ def list_backbones() -> list[str]:
     return names
 
 
-def find_checkpoint(name: str) -> Path:
-    """Path of ``<name>.json`` in the first search folder holding it; :class:`BackboneNotFoundError` if none."""
-    for folder in search_dirs():
+def find_checkpoint(name: str, folders: list[Path] | None = None) -> Path:
+    """Path of ``<name>.json`` in the first folder holding it (default: :func:`search_dirs`);
+    :class:`BackboneNotFoundError` if none."""
+    folders = search_dirs() if folders is None else folders
+    for folder in folders:
         if (folder / f"{name}.json").is_file() or (folder / f"{name}.safetensors").is_file():
             return folder / f"{name}.json"
     dataset, depth, variant = parse_name(name)
-    looked = ", ".join(str(d) for d in search_dirs())
+    looked = ", ".join(str(d) for d in folders)
+    available = sorted({p.stem for f in folders if f.is_dir() for p in f.glob("*.json")})
     raise BackboneNotFoundError(
         f"No checkpoint named {name!r} (looked for {name}.json + {name}.safetensors in {looked}). "
-        f"Available: {list_backbones() or 'none'}. Train it with: {train_command(dataset, depth, variant)}"
+        f"Available there: {available or 'none'}. Train it with: {train_command(dataset, depth, variant)}"
     )
 
 
@@ -308,14 +311,17 @@ def load_backbone(
     depth: int | None = None,
     variant: str = "blockdrop",
     *,
+    folder: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
 ) -> Backbone:
-    """Load a pretrained, quantized backbone by name: shipped checkpoints first, then the user cache.
+    """Load a pretrained, quantized backbone by name: shipped checkpoints first, then the user cache, or only
+    ``folder`` when given (e.g. a retrained model that has the name of a shipped one).
 
     :param dataset: the data set name (``"digits"``, ``"fashion-mnist"``, ...), or a full backbone name such as
         ``"digits-resnet20-blockdrop"`` (then ``depth`` and ``variant`` must be left out).
     :param depth: 6n+2 (8, 14, 20, 32, 56, ...).
     :param variant: ``"blockdrop"`` (ResNet trained with stochastic depth) or ``"multiexit"`` (MultiExitResNet).
+    :param folder: look only in this folder (the ``--out`` of ``python -m cim_gym.backbones.train``).
     :param device: where the model goes.
     :raises BackboneNotFoundError: no such checkpoint; the message lists what exists and the command to train it.
     :raises CorruptCheckpointError: hash mismatch or unreadable files; the message names the file.
@@ -325,7 +331,7 @@ def load_backbone(
         parse_name(name)
     else:
         name = backbone_name(dataset, depth, variant)
-    sidecar = find_checkpoint(name)
+    sidecar = find_checkpoint(name, None if folder is None else [Path(folder)])
     meta, tensors = read_checkpoint(sidecar)
     retrain = "Retrain it with: " + train_command(*parse_name(name))
     try:

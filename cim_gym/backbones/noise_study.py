@@ -75,6 +75,7 @@ def run_study(
     preset: str | None,
     out: Path,
     variant: str = "blockdrop",
+    checkpoint_dir: str | None = None,
 ) -> list[dict[str, Any]]:
     from cim_gym.backbones import load_backbone
     from cim_gym.backbones.train import evaluate
@@ -93,7 +94,7 @@ def run_study(
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for depth in depths:
-            bb = load_backbone(dataset, depth=depth, variant=variant)
+            bb = load_backbone(dataset, depth=depth, variant=variant, folder=checkpoint_dir)
             if data is None:
                 m = bb.meta["dataset"]
                 data = load_dataset(dataset, val_fraction=m["val_fraction"], seed=m["split_seed"])
@@ -178,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dataset", default="fashion-mnist", help="data set of the backbones (default fashion-mnist)")
     p.add_argument("--depths", type=int, nargs="+", default=[8, 20, 32, 56], help="backbone depths (default 8 20 32 56)")
     p.add_argument("--variant", default="blockdrop", help="backbone variant (default blockdrop)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="load the backbones from this folder only (default: shipped, then the user cache)")
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES, help="noise sources (default all)")
     for source in SOURCES:
         p.add_argument(f"--{source}-levels", type=float, nargs="+", default=DEFAULT_LEVELS[source],
@@ -202,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     levels = {s: getattr(a, f"{s}_levels") for s in SOURCES}
     levels["adc"] = [int(v) for v in levels["adc"]]
     run_study(a.dataset, a.depths, a.sources, levels, a.chips, a.images, a.images_exact, a.calibration_images,
-              a.preset, out, a.variant)
+              a.preset, out, a.variant, a.checkpoint_dir)
     print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
     return 0
 

@@ -134,3 +134,17 @@ def test_shipped_folder_is_searched_before_the_cache(home: Path) -> None:
         pytest.skip("no shipped checkpoints yet")
     names = list_backbones()
     assert names[: len(shipped)] == shipped
+
+
+def test_a_folder_overrides_the_search_order(home: Path, tmp_path: Path) -> None:
+    """A retrained model with a shipped model's name loads from its own folder; elsewhere the shipped one wins."""
+    folder = tmp_path / "retrained"
+    qmodel, sidecar = tiny_checkpoint(folder, dataset="digits")
+    bb = load_backbone("digits", depth=8, folder=folder)
+    assert bb.path == sidecar
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(bb.model(x), qmodel(x), rtol=0, atol=0)
+    assert load_backbone("digits", depth=8).path == SHIPPED_DIR / "digits-resnet8-blockdrop.json"
+    with pytest.raises(BackboneNotFoundError, match="retrained.*digits-resnet8-blockdrop"):
+        load_backbone("digits", depth=20, folder=folder)
