@@ -166,8 +166,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    dataset = rows[0]["dataset"] if rows else ""
-    fig.suptitle(f"{dataset}: accuracy vs noise by depth (mean, band = min..max over chips)")
+    fig.suptitle(f"{path.stem}: accuracy vs noise by depth (mean, band = min..max over chips)")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
