@@ -102,10 +102,11 @@ def train_command(dataset: str, depth: int, variant: str) -> str:
     return f"python -m cim_gym.backbones.train --dataset {dataset} --depth {depth} --variant {variant}"
 
 
-def list_backbones() -> list[str]:
-    """Names of every checkpoint available (shipped first, then the cache), each listed once, sorted within a folder."""
+def list_backbones(folders: list[Path] | None = None) -> list[str]:
+    """Names of every checkpoint available in ``folders`` (default: shipped first, then the cache), each listed
+    once, sorted within a folder."""
     names: list[str] = []
-    for folder in search_dirs():
+    for folder in search_dirs() if folders is None else folders:
         if folder.is_dir():
             for path in sorted(folder.glob("*.json")):
                 if path.with_suffix(".safetensors").is_file() and path.stem not in names:
@@ -122,10 +123,9 @@ def find_checkpoint(name: str, folders: list[Path] | None = None) -> Path:
             return folder / f"{name}.json"
     dataset, depth, variant = parse_name(name)
     looked = ", ".join(str(d) for d in folders)
-    available = sorted({p.stem for f in folders if f.is_dir() for p in f.glob("*.json")})
     raise BackboneNotFoundError(
         f"No checkpoint named {name!r} (looked for {name}.json + {name}.safetensors in {looked}). "
-        f"Available there: {available or 'none'}. Train it with: {train_command(dataset, depth, variant)}"
+        f"Available there: {list_backbones(folders) or 'none'}. Train it with: {train_command(dataset, depth, variant)}"
     )
 
 

@@ -56,6 +56,11 @@ def chip_config(base: Any, source: str, level: float) -> tuple[Any, float]:
     raise ValueError(f"source={source!r} is not allowed: expected one of {SOURCES}")
 
 
+def chips_at(source: str, level: float, chips: int) -> int:
+    """Chips measured at one point: one where nothing is random (ADC, or a zero noise level)."""
+    return 1 if source == "adc" or float(level) == 0.0 else chips
+
+
 def subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     """A fixed random subset of ``n`` test indices (all of them when n <= 0 or n >= len)."""
     if n <= 0 or n >= len(labels):
@@ -89,7 +94,7 @@ def run_study(
     # rows go to a ".partial" file as they come (a long study can be watched); it replaces the CSV only when done
     csv_path, partial = out.with_suffix(".csv"), out.with_suffix(".csv.partial")
     fields = ["dataset", "depth", "variant", "source", "level", "chip_seed", "accuracy", "n_images", "seconds"]
-    points = len(depths) * sum(1 if s == "adc" or float(v) == 0.0 else chips for s in sources for v in levels[s])
+    points = len(depths) * sum(chips_at(s, v, chips) for s in sources for v in levels[s])
     with open(partial, "w", newline="") as f, tqdm(total=points, desc=f"{dataset} noise study", unit="chip") as bar:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -108,8 +113,7 @@ def run_study(
                 x, y = data.test.images[idx], data.test.labels[idx]
                 for level in levels[source]:
                     cfg, sigma = chip_config(base, source, level)
-                    deterministic = source == "adc" or float(level) == 0.0
-                    for seed in range(1 if deterministic else chips):
+                    for seed in range(chips_at(source, level, chips)):
                         t0 = time.perf_counter()
                         chip = program(bb.model, cfg, sigma=sigma, seed=seed, calibration=cal)
                         # read noise is drawn once per forward call (shared by a batch): small batches give more

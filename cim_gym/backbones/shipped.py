@@ -15,6 +15,7 @@ import json
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cim_gym.backbones.checkpoint import SHIPPED_DIR, atomic_write
 
@@ -98,10 +99,14 @@ def sigma_table(names: Sequence[str], sigmas: Sequence[float], chips: int, image
     rows, md = [], ["| checkpoint | test images | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " |",
                     "| --- | --- | " + " | ".join("---" for _ in sigmas) + " |"]
     bar = tqdm(total=len(names) * sum(chips if s > 0 else 1 for s in sigmas), desc="sigma table", unit="chip")
+    datasets: dict[tuple, Any] = {}  # checkpoints of one data set share its (slow to read) splits
     for name in names:
         bb = load_backbone(name)
         m = bb.meta["dataset"]
-        data = load_dataset(m["name"], val_fraction=m["val_fraction"], seed=m["split_seed"])
+        key = (m["name"], m["val_fraction"], m["split_seed"])
+        if key not in datasets:
+            datasets[key] = load_dataset(m["name"], val_fraction=m["val_fraction"], seed=m["split_seed"])
+        data = datasets[key]
         idx = subset(data.test.labels, images)
         x, y = data.test.images[idx], data.test.labels[idx]
         cal = calibrate(bb.model, bb.quant_config, data.train.images[:256])

@@ -214,7 +214,8 @@ class ChipLayer:
     generator: torch.Generator | None
 
     def _linear_op(self, x: Tensor, w: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The layer's own operation (conv or linear) with weight ``w``: supplied by ChipConv2d / ChipLinear."""
+        raise NotImplementedError(f"{type(self).__name__} is abstract: use ChipConv2d or ChipLinear")
 
     def _effective_weight(self) -> Tensor:
         if self.w_eff is not None:

@@ -53,9 +53,11 @@ class Geometry:
     def of(module: nn.Module) -> Geometry:
         if isinstance(module, nn.Conv2d):
             if module.groups != 1:
-                raise NotImplementedError("the exact (ADC) path supports Conv2d with groups=1 only")
+                raise NotImplementedError(f"the exact (ADC) path supports Conv2d with groups=1 only, not "
+                                          f"groups={module.groups}: use adc_bits=None (fast path) for grouped convs")
             if isinstance(module.padding, str) or module.padding_mode != "zeros":
-                raise NotImplementedError("the exact (ADC) path supports numeric zero padding only")
+                raise NotImplementedError(f"the exact (ADC) path supports numeric zero padding only, not "
+                                          f"padding={module.padding!r}, padding_mode={module.padding_mode!r}")
             return Geometry("conv", module.in_channels, module.out_channels, tuple(module.kernel_size),  # type: ignore[arg-type]
                             tuple(module.stride), tuple(module.padding), tuple(module.dilation))  # type: ignore[arg-type]
         if isinstance(module, nn.Linear):
