@@ -129,6 +129,11 @@ class CIMEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._episode: tuple[np.ndarray, np.ndarray] | None = None
         self._obs: dict[str, np.ndarray] | None = None
 
+    @property
+    def num_images(self) -> int:
+        """Images in the configured split: the ``image`` reset option takes 0 to ``num_images - 1``."""
+        return len(self.core.labels)
+
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -177,6 +182,11 @@ class CIMVectorEnv(VectorEnv[dict[str, np.ndarray], Any, np.ndarray]):
         self.drawer = EpisodeDrawer(self.core)
         self._episodes: tuple[np.ndarray, np.ndarray] | None = None
         self._obs: dict[str, np.ndarray] | None = None
+
+    @property
+    def num_images(self) -> int:
+        """Images in the configured split: the ``image`` reset option takes 0 to ``num_images - 1``."""
+        return len(self.core.labels)
 
     def _start(self, options: dict[str, Any] | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         images, chips = self.drawer.draw(self.np_random, self.num_envs, options)
