@@ -337,7 +337,12 @@ def make_sb3(
     seed = _check_int("seed", seed, 0)
     venv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **dict(env_kwargs or {}))
     env = SB3VecEnvAdapter(venv)
-    kwargs = {**default_algo_kwargs(algo, num_envs), **dict(algo_kwargs or {})}
+    given = dict(algo_kwargs or {})
+    kwargs = {**default_algo_kwargs(algo, num_envs), **given}
+    if algo == "ppo" and "batch_size" not in given:
+        # Four equal minibatches of the rollout when they divide it, else the whole rollout as one.
+        rollout = int(kwargs["n_steps"]) * num_envs
+        kwargs["batch_size"] = rollout // 4 if rollout % 4 == 0 and rollout >= 8 else rollout
     pkw = {"features_extractor_class": ScaledCombinedExtractor, **dict(policy_kwargs or {})}
     return ALGOS[algo]("MultiInputPolicy", env, policy_kwargs=pkw, seed=seed, device=device,
                        tensorboard_log=None if tensorboard_log is None else str(tensorboard_log), verbose=verbose,
@@ -438,8 +443,8 @@ class EpisodeStatsCallback(BaseCallback):
 
     def _emit(self) -> None:
         means = self._sums / self._count
-        row = {"timesteps": float(self.num_timesteps), "reward": means[0], "accuracy": means[1], "usage": means[2],
-               "macs": means[3]}
+        row = {"timesteps": float(self.num_timesteps), "reward": float(means[0]), "accuracy": float(means[1]),
+               "usage": float(means[2]), "macs": float(means[3])}
         self._sums[:], self._count = 0, 0
         self.rows.append(row)
         for key, value in row.items():
