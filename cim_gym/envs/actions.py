@@ -1,7 +1,9 @@
 """The three action types: a block mask, an exit index, or per-exit entropy thresholds.
 
 Each knows its Gymnasium space, how to validate an action (clear errors, no silent clamping), how to run a batch
-of episodes that share a chip, and the compute cost of the path each episode took.
+of episodes that share a chip, and the compute cost of the path each episode took. ``forward`` returns the
+predictions, the paths and a dict of extra per-episode arrays (the exits' entropies for the threshold action), which
+reach ``info``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _numeric(action: object, what: str) -> np.ndarray:
 class BlockDropAction:
     """``MultiBinary(K)``: 1 runs residual block k on the chip, 0 skips it (BlockDrop semantics)."""
 
-    variant, default_depth = "blockdrop", 20
+    variant, default_depth, render_kind = "blockdrop", 20, "blocks"
 
     def __init__(self, core: EnvCore) -> None:
         self.num_blocks = core.model.num_blocks
@@ -66,8 +68,8 @@ class BlockDropAction:
             raise ValueError(f"action must be {what}; got values {np.unique(array).tolist()}")
         return array.astype(np.int8)
 
-    def forward(self, chip: torch.nn.Module, x: Tensor, actions: np.ndarray) -> tuple[Tensor, np.ndarray]:
-        return chip(x, mask=torch.as_tensor(actions, device=x.device)).argmax(1), actions
+    def forward(self, chip: torch.nn.Module, x: Tensor, actions: np.ndarray) -> tuple[Tensor, np.ndarray, dict[str, np.ndarray]]:
+        return chip(x, mask=torch.as_tensor(actions, device=x.device)).argmax(1), actions, {}
 
     def cost(self, paths: np.ndarray) -> np.ndarray:
         """(B, 4): usage (fraction of blocks), MACs, energy pJ, latency ns."""
@@ -96,7 +98,7 @@ class _ExitCosts:
 class EarlyExitAction(_ExitCosts):
     """``Discrete(E)``: the exit every sample leaves the network at (0 = shallowest, E-1 = the final head)."""
 
-    variant, default_depth = "multiexit", 32
+    variant, default_depth, render_kind = "multiexit", 32, "exit"
 
     def __init__(self, core: EnvCore) -> None:
         super().__init__(core)
@@ -113,8 +115,8 @@ class EarlyExitAction(_ExitCosts):
             raise ValueError(f"action must be {what}; got {array.tolist()}")
         return array.astype(np.int64)
 
-    def forward(self, chip: torch.nn.Module, x: Tensor, actions: np.ndarray) -> tuple[Tensor, np.ndarray]:
-        return chip(x, exit=torch.as_tensor(actions, device=x.device)).argmax(1), actions
+    def forward(self, chip: torch.nn.Module, x: Tensor, actions: np.ndarray) -> tuple[Tensor, np.ndarray, dict[str, np.ndarray]]:
+        return chip(x, exit=torch.as_tensor(actions, device=x.device)).argmax(1), actions, {}
 
 
 class ExitThresholdsAction(_ExitCosts):
@@ -122,7 +124,7 @@ class ExitThresholdsAction(_ExitCosts):
     first exit whose softmax entropy (natural log, on the noisy chip) is below ``T_e``, else at the final head
     (BranchyNet's rule). The symmetric, normalized box is what Gymnasium and SB3 recommend."""
 
-    variant, default_depth = "multiexit", 32
+    variant, default_depth, render_kind = "multiexit", 32, "thresholds"
 
     def __init__(self, core: EnvCore) -> None:
         super().__init__(core)
@@ -146,10 +148,12 @@ class ExitThresholdsAction(_ExitCosts):
         """Entropy thresholds (nats) of actions in [-1, 1]."""
         return (np.asarray(actions) + 1.0) / 2.0 * self.max_entropy
 
-    def forward(self, chip: torch.nn.Module, x: Tensor, actions: np.ndarray) -> tuple[Tensor, np.ndarray]:
+    def forward(self, chip: torch.nn.Module, x: Tensor, actions: np.ndarray) -> tuple[Tensor, np.ndarray, dict[str, np.ndarray]]:
+        """Predictions, exits taken and ``{"exit_entropy": (B, E-1)}``: the entropy (nats) at every early exit."""
         logits = chip(x)  # (E, B, classes): every exit in one pass
         logp = torch.log_softmax(logits.double(), dim=-1)
         entropy = -(logp.exp() * logp).sum(-1)[:-1].T.cpu().numpy()  # (B, E-1)
         below = entropy < self.thresholds(actions)
         exits = np.where(below.any(1), below.argmax(1), self.num_exits - 1)
-        return logits[torch.as_tensor(exits, device=x.device), torch.arange(x.shape[0], device=x.device)].argmax(1), exits
+        rows = torch.arange(x.shape[0], device=x.device)
+        return logits[torch.as_tensor(exits, device=x.device), rows].argmax(1), exits, {"exit_entropy": entropy}

@@ -41,10 +41,10 @@ class CIMBlockDropEnv(CIMEnv):
     ``CIMBlockDrop-v0`` (vector entry point: :class:`CIMBlockDropVectorEnv`).
     """
 
-    action_type = BlockDropAction
+    action_type, env_id = BlockDropAction, "CIMBlockDrop-v0"
 
 
 class CIMBlockDropVectorEnv(CIMVectorEnv):
     """Batched ``CIMBlockDrop-v0``: ``gym.make_vec("CIMBlockDrop-v0", num_envs=N)``; see :class:`CIMBlockDropEnv`."""
 
-    action_type = BlockDropAction
+    action_type, env_id = BlockDropAction, "CIMBlockDrop-v0"

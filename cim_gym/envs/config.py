@@ -8,14 +8,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 OBS_MODES = ("features", "image")
 REWARDS = ("accuracy", "blockdrop", "energy")
 SPLITS = ("train", "val", "test")
-NOISE_SOURCES = ("programming", "read", "output")
 DEVICES = ("auto", "cpu", "cuda")
+BACKBONE_KWARGS = ("folder",)
+
+
+def __getattr__(name: str) -> Any:
+    # The noise sources have one owner, the hardware model; read lazily so that importing cim_gym stays light.
+    if name == "NOISE_SOURCES":
+        return _noise_sources()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _noise_sources() -> tuple[str, ...]:
+    from cim_gym.hardware.config import NOISE_SOURCES
+
+    return tuple(NOISE_SOURCES)
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
@@ -23,7 +38,14 @@ def _fail(name: str, value: Any, allowed: str) -> None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number: Python or numpy (``np.float32(0.1)``, ``np.int64(3)``), not a bool."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, __import__("numpy").bool_))
+            and math.isfinite(float(value)))
+
+
+def _is_int(value: Any) -> bool:
+    """An integer, Python or numpy (``np.int64(3)``), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, __import__("numpy").bool_))
 
 
 @dataclass(frozen=True)
@@ -65,6 +87,13 @@ class EnvConfig:
     stem and first stage, pooled). "image": the normalized image, for CNN policies."""
     observe_sigma: bool = True
     """Put the chip's sigma in the observation (False: the noise-unaware ablation)."""
+    observe_chip: bool = False
+    """Put the chip's descriptor in the observation (``chip``, a ``Box(0, 1)``): what the chip's own test right
+    after programming measures on ``probe_images`` training images (see :mod:`cim_gym.envs.descriptor`): per
+    residual block the relative error of its output against the digital model's, observed as ``r / (1 + r)``, and
+    per exit the accuracy and the mean entropy / ln C on the probe batch. Computed once per chip and cached."""
+    probe_images: int = 64
+    """Training images in the probe batch of the chip descriptor (the first ones of the training split)."""
     reward: str = "accuracy"
     """"accuracy": 1 when correct, -penalty when wrong (the proposal's). "blockdrop": 1 - usage^2 when correct,
     -penalty when wrong (BlockDrop's). "energy": the accuracy reward minus energy_price * energy / full-path energy."""
@@ -79,7 +108,9 @@ class EnvConfig:
     device: str = "auto"
     """"auto" (CUDA when present), "cpu" or "cuda"."""
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments of ``cim_gym.backbones.load_backbone`` (e.g. a variant)."""
+    """Extra keyword arguments of ``cim_gym.backbones.load_backbone`` beyond what the environment sets itself
+    (data set, depth, variant, device): ``{"folder": "runs/backbones"}`` loads a retrained backbone from that
+    folder (the ``--out`` of ``python -m cim_gym.backbones.train``)."""
 
     def __post_init__(self) -> None:
         from cim_gym.data import DATASETS
@@ -89,10 +120,12 @@ class EnvConfig:
         if self.depth is not None:
             from cim_gym.models import blocks_per_stage
 
+            if _is_int(self.depth):
+                object.__setattr__(self, "depth", int(self.depth))
             blocks_per_stage(self.depth)  # raises a ValueError naming the allowed depths
         for name, value, choices in (
             ("split", self.split, SPLITS),
-            ("noise_source", self.noise_source, NOISE_SOURCES),
+            ("noise_source", self.noise_source, _noise_sources()),
             ("obs_mode", self.obs_mode, OBS_MODES),
             ("reward", self.reward, REWARDS),
             ("device", self.device, DEVICES),
@@ -102,11 +135,11 @@ class EnvConfig:
         if not isinstance(self.cim, (str, dict)):
             _fail("cim", self.cim, "a preset name or a CIMConfig dict")
         if self.sigmas is not None:
-            sigmas = tuple(self.sigmas)
+            sigmas = tuple(self.sigmas) if isinstance(self.sigmas, Iterable) and not isinstance(self.sigmas, str) else ()
             if not sigmas or not all(_is_number(s) and s >= 0 for s in sigmas) or len(set(sigmas)) != len(sigmas):
                 _fail("sigmas", self.sigmas, "a non-empty sequence of distinct finite numbers >= 0")
             object.__setattr__(self, "sigmas", tuple(float(s) for s in sigmas))
-        rng = tuple(self.sigma_range)
+        rng = tuple(self.sigma_range) if isinstance(self.sigma_range, Iterable) and not isinstance(self.sigma_range, str) else ()
         if len(rng) != 2 or not all(_is_number(s) for s in rng) or not 0 <= rng[0] <= rng[1]:
             _fail("sigma_range", self.sigma_range, "(low, high) with 0 <= low <= high")
         object.__setattr__(self, "sigma_range", (float(rng[0]), float(rng[1])))
@@ -114,26 +147,35 @@ class EnvConfig:
             ("num_sigmas", self.num_sigmas, 1),
             ("chips_per_sigma", self.chips_per_sigma, 1),
             ("calibration_images", self.calibration_images, 1),
+            ("probe_images", self.probe_images, 1),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+            if not _is_int(value) or value < lo:
                 _fail(name, value, f"an integer >= {lo}")
-        for name, value in (
-            ("chip_seed", self.chip_seed),
-            ("refresh_chips_every", self.refresh_chips_every),
-            ("chips_per_batch", self.chips_per_batch),
+            object.__setattr__(self, name, int(value))
+        for name, value, lo in (
+            ("chip_seed", self.chip_seed, 0),
+            ("refresh_chips_every", self.refresh_chips_every, 1),
+            ("chips_per_batch", self.chips_per_batch, 1),
         ):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                _fail(name, value, "None or an integer >= 0")
-        for name in ("refresh_chips_every", "chips_per_batch"):
-            if getattr(self, name) == 0:
-                _fail(name, 0, "None or an integer >= 1")
-        if not isinstance(self.observe_sigma, bool):
-            _fail("observe_sigma", self.observe_sigma, "True or False")
+            if value is not None and (not _is_int(value) or value < lo):
+                _fail(name, value, f"None or an integer >= {lo}")
+            if value is not None:
+                object.__setattr__(self, name, int(value))
+        for name in ("observe_sigma", "observe_chip"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, getattr(self, name), "True or False")
         for name, value in (("penalty", self.penalty), ("energy_price", self.energy_price)):
             if not _is_number(value) or value < 0:
                 _fail(name, value, "a finite number >= 0")
+            object.__setattr__(self, name, float(value))
         if not isinstance(self.backbone_kwargs, dict):
             _fail("backbone_kwargs", self.backbone_kwargs, "a dict")
+        for key, value in self.backbone_kwargs.items():
+            if key not in BACKBONE_KWARGS:
+                _fail("backbone_kwargs", self.backbone_kwargs, f"keys among {BACKBONE_KWARGS} (the environment sets "
+                      f"dataset, depth, variant and device itself; {key!r} is not one)")
+            if not isinstance(value, str):
+                _fail(f"backbone_kwargs[{key!r}]", value, "a folder path (str)")
 
     @property
     def sigma_grid(self) -> tuple[float, ...]:

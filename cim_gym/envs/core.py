@@ -61,6 +61,8 @@ class Outcome:
     energy_pj: np.ndarray
     latency_ns: np.ndarray
     reward: np.ndarray
+    extras: dict[str, np.ndarray]
+    """Per-episode arrays an action type adds (the threshold action: ``exit_entropy``, (B, E-1))."""
 
 
 class EnvCore:
@@ -90,6 +92,11 @@ class EnvCore:
         self.labels = split.labels.to(self.device)
         self.sigmas = config.sigma_grid
         self.calibration = calibrate(self.model, self.cim, data.train.images[: config.calibration_images].to(self.device))
+        # The chip descriptor's probe batch: training images only, whatever split the episodes draw from.
+        self._probe_batch = (data.train.images[: config.probe_images].to(self.device),
+                             data.train.labels[: config.probe_images].to(self.device)) if config.observe_chip else None
+        self._probe: Any = None
+        self._descriptors: dict[int, np.ndarray] = {}
         self._features = torch.zeros(len(self.labels), 0, device=self.device)
         self._have_features = torch.zeros(len(self.labels), dtype=torch.bool, device=self.device)
         self.pool: Any = None
@@ -120,14 +127,41 @@ class EnvCore:
             noise_source=self.config.noise_source,
             cache_size=len(self.sigmas) * self.config.chips_per_sigma,
         )
+        self._descriptors = {}
 
     @property
     def num_chips(self) -> int:
+        """Chips in the pool: every sigma times ``chips_per_sigma``."""
         return len(self.sigmas) * self.config.chips_per_sigma
 
     def chip_sigma(self, chip_ids: np.ndarray) -> np.ndarray:
-        """The sigma of each chip (float64, as configured)."""
-        return np.asarray(self.sigmas, dtype=np.float64)[np.asarray(chip_ids) // self.config.chips_per_sigma]
+        """The sigma of each chip (float64, as configured); the pool owns the id arithmetic."""
+        return np.asarray(self.pool.sigmas, dtype=np.float64)[self.pool.locate(np.asarray(chip_ids))[0]]
+
+    # ---- the chip descriptor ----------------------------------------------------------------------------------
+    @property
+    def descriptor_dim(self) -> int:
+        """Entries of the chip descriptor: K block errors, then E exit accuracies and E exit entropies."""
+        return int(self.model.num_blocks) + 2 * int(getattr(self.model, "num_exits", 1))
+
+    @property
+    def probe(self) -> Any:
+        """The post-programming test (:class:`~cim_gym.envs.descriptor.ChipProbe`), built on first use."""
+        if self._probe is None:
+            from cim_gym.envs.descriptor import ChipProbe
+
+            images, labels = self._probe_batch if self._probe_batch is not None else (None, None)
+            if images is None:
+                raise RuntimeError("the chip descriptor needs observe_chip=True (the probe batch is kept only then)")
+            self._probe = ChipProbe(self.model, images, labels, self.info.num_classes)
+        return self._probe
+
+    def chip_descriptors(self, chip_ids: np.ndarray) -> np.ndarray:
+        """Descriptors (B, D) float32 of the chips ``chip_ids``; each is computed once per chip and cached with the
+        pool (a new pool, a new cache)."""
+        from cim_gym.envs.descriptor import describe_chips
+
+        return describe_chips(self.probe, self.pool, np.asarray(chip_ids), self._descriptors)
 
     def sigma_index(self, sigma: float) -> int:
         """Index of a pinned ``sigma`` in the grid, or a ValueError saying what the grid is."""
@@ -182,33 +216,40 @@ class EnvCore:
             obs = {"image": self.images[torch.as_tensor(np.asarray(image_ids))].cpu().numpy().astype(np.float32)}
         if self.config.observe_sigma:
             obs["sigma"] = self.chip_sigma(chip_ids).astype(np.float32)[:, None]
+        if self.config.observe_chip:
+            obs["chip"] = self.chip_descriptors(chip_ids)
         return obs
 
     # ---- execution --------------------------------------------------------------------------------------------
     def run(self, image_ids: np.ndarray, chip_ids: np.ndarray, act: Any, actions: np.ndarray) -> Outcome:
         """Run each episode's image on its chip with its (validated) action, one forward per distinct chip.
 
-        :param act: the action type: ``act.forward(chip, images, actions) -> (predictions, paths)`` for episodes
-            that share a chip, ``act.cost(paths) -> (B, 4)`` usage, MACs, energy pJ, latency ns.
+        :param act: the action type: ``act.forward(chip, images, actions) -> (predictions, paths, extras)`` for
+            episodes that share a chip, ``act.cost(paths) -> (B, 4)`` usage, MACs, energy pJ, latency ns.
         """
         image_ids, chip_ids = np.asarray(image_ids), np.asarray(chip_ids)
         prediction = np.empty(len(image_ids), dtype=np.int64)
         paths: np.ndarray | None = None
+        extras: dict[str, np.ndarray] = {}
         with torch.no_grad():
             for chip_id in np.unique(chip_ids):
                 rows = np.flatnonzero(chip_ids == chip_id)
                 x = self.images[torch.as_tensor(image_ids[rows], device=self.device)]
-                pred, path = act.forward(self.pool[int(chip_id)], x, actions[rows])
+                pred, path, extra = act.forward(self.pool[int(chip_id)], x, actions[rows])
                 prediction[rows] = pred.cpu().numpy()
                 if paths is None:
                     paths = np.empty((len(image_ids), *path.shape[1:]), dtype=path.dtype)
                 paths[rows] = path
+                for key, value in extra.items():
+                    if key not in extras:
+                        extras[key] = np.empty((len(image_ids), *value.shape[1:]), dtype=value.dtype)
+                    extras[key][rows] = value
         assert paths is not None
         labels = self.labels[torch.as_tensor(image_ids, device=self.device)].cpu().numpy()
         correct = prediction == labels
         usage, macs, energy, latency = act.cost(paths).T
         reward = self.reward(correct, usage, energy / act.full[1])
-        return Outcome(prediction, labels, correct, paths, usage, macs, energy, latency, reward)
+        return Outcome(prediction, labels, correct, paths, usage, macs, energy, latency, reward, extras)
 
     def reward(self, correct: np.ndarray, usage: np.ndarray, energy_fraction: np.ndarray) -> np.ndarray:
         cfg = self.config

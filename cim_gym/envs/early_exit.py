@@ -38,10 +38,10 @@ class CIMEarlyExitEnv(CIMEnv):
     ``CIMEarlyExit-v0`` (vector entry point: :class:`CIMEarlyExitVectorEnv`).
     """
 
-    action_type = EarlyExitAction
+    action_type, env_id = EarlyExitAction, "CIMEarlyExit-v0"
 
 
 class CIMEarlyExitVectorEnv(CIMVectorEnv):
     """Batched ``CIMEarlyExit-v0``: ``gym.make_vec("CIMEarlyExit-v0", num_envs=N)``; see :class:`CIMEarlyExitEnv`."""
 
-    action_type = EarlyExitAction
+    action_type, env_id = EarlyExitAction, "CIMEarlyExit-v0"

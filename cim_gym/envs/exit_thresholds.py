@@ -39,10 +39,10 @@ class CIMExitThresholdsEnv(CIMEnv):
     ``CIMExitThresholds-v0`` (vector entry point: :class:`CIMExitThresholdsVectorEnv`).
     """
 
-    action_type = ExitThresholdsAction
+    action_type, env_id = ExitThresholdsAction, "CIMExitThresholds-v0"
 
 
 class CIMExitThresholdsVectorEnv(CIMVectorEnv):
     """Batched ``CIMExitThresholds-v0``; see :class:`CIMExitThresholdsEnv`."""
 
-    action_type = ExitThresholdsAction
+    action_type, env_id = ExitThresholdsAction, "CIMExitThresholds-v0"

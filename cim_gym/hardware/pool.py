@@ -75,6 +75,23 @@ class ChipPool:
                              f"({len(self.sigmas)} sigmas x {self.chips_per_sigma} chips)")
         return int(sigma_index) * self.chips_per_sigma + int(chip_number)
 
+    def locate(self, ids: object) -> tuple[np.ndarray, np.ndarray]:
+        """(sigma index, chip number) of every pool index in ``ids`` (an int or an integer array), vectorized."""
+        array = np.asarray(ids)
+        if array.dtype.kind not in "iu" or ((array < 0) | (array >= len(self))).any():
+            raise IndexError(f"chip indices {ids!r} out of range for a pool of {len(self)} chips (integers in "
+                             f"[0, {len(self) - 1}])")
+        return array // self.chips_per_sigma, array % self.chips_per_sigma
+
+    def indices(self, sigma_indices: object, chip_numbers: object) -> np.ndarray:
+        """Pool index of every (sigma index, chip number) pair, vectorized :meth:`chip_index` (broadcasts)."""
+        s, c = np.broadcast_arrays(np.asarray(sigma_indices), np.asarray(chip_numbers))
+        if (s.dtype.kind not in "iu" or c.dtype.kind not in "iu" or ((s < 0) | (s >= len(self.sigmas))).any()
+                or ((c < 0) | (c >= self.chips_per_sigma)).any()):
+            raise IndexError(f"(sigma_index, chip_number)=({sigma_indices!r}, {chip_numbers!r}) out of range "
+                             f"({len(self.sigmas)} sigmas x {self.chips_per_sigma} chips)")
+        return (s * self.chips_per_sigma + c).astype(np.int64)
+
     def sigma_index_of(self, i: int) -> int:
         return self._check(i) // self.chips_per_sigma
 
