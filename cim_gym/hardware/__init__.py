@@ -12,7 +12,7 @@ Typical use::
 """
 
 from cim_gym.hardware.chip import Calibration, Chip, calibrate, program
-from cim_gym.hardware.config import CIMConfig
+from cim_gym.hardware.config import NOISE_SOURCES, CIMConfig
 from cim_gym.hardware.costs import EnergyTable, LayerCost, count_costs, group_costs, sum_costs
 from cim_gym.hardware.pool import ChipPool
 from cim_gym.hardware.presets import PRESET_SOURCES, PRESETS, get_preset
@@ -27,6 +27,7 @@ from cim_gym.hardware.quant import (
 from cim_gym.hardware.sigma import sigma_table, weight_noise_std
 
 __all__ = [
+    "NOISE_SOURCES",
     "PRESETS",
     "PRESET_SOURCES",
     "CIMConfig",

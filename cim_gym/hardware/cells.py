@@ -28,6 +28,7 @@ from cim_gym.hardware.config import CIMConfig
 __all__ = [
     "apply_drift",
     "apply_read_noise",
+    "apply_stuck",
     "apply_variation",
     "cell_states",
     "dequantize",
@@ -35,6 +36,7 @@ __all__ = [
     "readout_levels",
     "signed_levels",
     "slice_levels",
+    "stuck_at_masks",
     "unslice_levels",
     "weight_levels",
 ]
@@ -124,6 +126,21 @@ def apply_drift(u: Tensor, cfg: CIMConfig, generator: torch.Generator | None) ->
     else:
         factor = torch.full_like(u, math.exp(-cfg.drift_nu_mean * log_ratio))
     return _clip(u + (u + g0(cfg)) * (factor - 1.0), cfg)
+
+
+def stuck_at_masks(shape: torch.Size | tuple[int, ...], cfg: CIMConfig, generator: torch.Generator | None,
+                   device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """Which cells are stuck (drawn once per chip): one uniform draw ``U`` per cell, stuck at G_min when
+    ``U < stuck_at_gmin``, at G_max when ``stuck_at_gmin <= U < stuck_at_gmin + stuck_at_gmax``."""
+    draw = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+    low = draw < cfg.stuck_at_gmin
+    return low, (draw < cfg.stuck_at_gmin + cfg.stuck_at_gmax) & ~low
+
+
+def apply_stuck(u: Tensor, masks: tuple[Tensor, Tensor], cfg: CIMConfig) -> Tensor:
+    """Cells stuck at G_min (state ``u = 0``) and at G_max (``u = 2^c - 1``), whatever was programmed (new tensor)."""
+    low, high = masks
+    return u.masked_fill(low, 0.0).masked_fill(high, cfg.g_max)
 
 
 def apply_read_noise(u: Tensor, cfg: CIMConfig, std: float, generator: torch.Generator | None) -> Tensor:

@@ -1,17 +1,23 @@
 """Programming chips: ``program(qmodel, cfg, sigma, seed) -> Chip`` and the calibration pass they share.
 
-A chip is one programmed instance of a quantized model. Its programming variation and drift coefficients are drawn
-once, from its own generators seeded by ``seed`` (never the global RNG): same seed, bitwise the same chip.
+A chip is one programmed instance of a quantized model. Its programming variation, stuck-at faults, drift
+coefficients and ADC mismatch are drawn once, from its own generators seeded by ``seed`` (never the global RNG):
+same seed, bitwise the same chip.
 
-- **Fast path** (ideal ADC): slicing, on/off mapping, variation, drift and its compensation are folded into one
-  effective weight per layer at programming time; inference is a plain conv/linear on the quantized input.
-  Read noise (ideal ADC) re-folds the weights at every call (the computation is linear, so this is exact).
+- **Fast path** (ideal ADC): slicing, on/off mapping, variation, faults, drift and its compensation are folded into
+  one effective weight per layer at programming time; inference is a plain conv/linear on the quantized input.
+  Read noise and input noise are then drawn on the layer's output with their exact per-read law (independent per
+  image, output position and read cycle): read noise as ``sqrt(conv(x2, V)) N`` with ``x2`` the sum over read
+  cycles of the squared applied inputs and ``V`` the squared cell conductances; input noise as ``N L^T`` with
+  ``L L^T`` the covariance that word-line noise shared by all columns of a row gives (an eigendecomposition of
+  ``W W^T``, once per chip).
 - **Exact path** (an ADC): partial sums per sub-array, input bit and slice (:mod:`cim_gym.hardware.exact`).
 - Output noise (Yang & Sze) is added to each analog layer's output at every call from the chip's own generator.
 
 The programmed copy shares BatchNorm, biases, buffers and digital layers with the source model (a shallow copy of
 the module tree; programming a ResNet-56 takes milliseconds). Chips are inference-only: ``train()`` keeps them in
-eval mode. Do not modify the source model's parameters while its chips are in use.
+eval mode. ``chip.double()`` / ``chip.to(device)`` convert the chip alone (never the source model). Do not modify
+the source model's parameters while its chips are in use.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import torch
 from torch import Tensor, nn
 
 from cim_gym.hardware import cells
-from cim_gym.hardware.config import NOISE_SOURCES, CIMConfig
-from cim_gym.hardware.exact import ExactEngine, Geometry, PartialSumRanges
+from cim_gym.hardware.config import CIMConfig, is_integer, noise_field
+from cim_gym.hardware.exact import ExactEngine, Geometry, PartialSumRanges, input_planes
 from cim_gym.hardware.quant import (
     QuantLayer,
     analog_layer_names,
+    check_layer_input,
     init_input_ranges,
     input_levels,
     layer_roles,
@@ -50,9 +57,35 @@ def _layout_key(cfg: CIMConfig) -> tuple[Any, ...]:
 
 
 def chip_seeds(seed: int) -> list[int]:
-    """Four independent 63-bit seeds (variation, drift, per-call noise, spare) derived from ``seed``."""
-    state = np.random.SeedSequence(int(seed)).generate_state(8, dtype=np.uint32)
-    return [int((int(state[2 * i]) << 31) ^ int(state[2 * i + 1])) & ((1 << 63) - 1) for i in range(4)]
+    """Six independent 63-bit seeds (variation, drift, per-call noise, ADC mismatch, stuck-at faults, spare) derived
+    from ``seed``; the first four are those of earlier versions, so existing chips keep their draws."""
+    state = np.random.SeedSequence(int(seed)).generate_state(12, dtype=np.uint32)
+    return [int((int(state[2 * i]) << 31) ^ int(state[2 * i + 1])) & ((1 << 63) - 1) for i in range(6)]
+
+
+def check_batch(x: Any, what: str, dtype: torch.dtype | None = None) -> None:
+    """A clear error for what a chip or calibration cannot take: not a tensor, not floating point, a dtype other than
+    the model's, an empty batch, or non-finite values."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, not {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{what} has dtype {x.dtype}: expected a floating-point tensor"
+                        + (f" of dtype {dtype}" if dtype is not None else ""))
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{what} has dtype {x.dtype} but the model computes in {dtype}: convert the input "
+                        f"(x.to({dtype})) or the model/chip (.to({x.dtype}))")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"{what} has shape {tuple(x.shape)}: expected a non-empty batch")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"{what} has {bad} non-finite value(s) (NaN or inf): a chip converts finite inputs only")
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
 
 
 # ---- calibration -------------------------------------------------------------------------------------------------
@@ -100,33 +133,47 @@ def _engine_parallel(name: str, roles: dict[str, set[str]], cfg: CIMConfig) -> b
 def calibrate(qmodel: nn.Module, cfg: CIMConfig, x: Tensor, chip_batch: int | None = None,
               **forward_kwargs: Any) -> Calibration:
     """One pass of the clean quantized model on the batch ``x``: per analog layer, the output range (for output
-    noise) and, when ``cfg`` has an ADC in "calibrated" mode, the min/max of every (column kind, slice, input bit)
-    partial sum of the noise-free chip (the "shared" ADC ranges). Keeps ``x[:chip_batch]`` (all of ``x`` by
-    default) for per-chip ADC calibration (``adc_calibration="chip"``: each exact chip runs it once when
-    programmed). A smaller ``chip_batch`` programs faster but sees narrower ranges, so partial sums of later images
-    clip: 32 of 256 images cost a Fashion-MNIST ResNet-20 4.5 points even with a 16-bit ADC. Also sets any unset
-    ``input_range``. ``forward_kwargs`` go to the model; the default forward should reach every layer."""
-    if chip_batch is not None and (isinstance(chip_batch, bool) or not isinstance(chip_batch, int) or chip_batch < 1):
+    noise) and, when ``cfg`` has an ADC with ``adc_calibration="shared"``, the min/max of every (column kind, slice,
+    input bit) partial sum of the noise-free chip (the "shared" ADC ranges). Keeps ``x[:chip_batch]`` (all of ``x``
+    by default) for per-chip ADC calibration (``adc_calibration="chip"``: each exact chip runs it once when
+    programmed, in one pass). A smaller ``chip_batch`` programs faster but sees narrower ranges, so partial sums of
+    later images clip: 32 of 256 images cost a Fashion-MNIST ResNet-20 4.5 points even with a 16-bit ADC (see also
+    ``CIMConfig.adc_range_margin``). Also sets any unset ``input_range``. ``forward_kwargs`` go to the model; the
+    default forward should reach every layer. ``x`` must be a non-empty, finite batch in the model's dtype."""
+    _check_config(cfg)
+    if chip_batch is not None and (not is_integer(chip_batch) or chip_batch < 1):
         raise ValueError(f"chip_batch={chip_batch!r} is not allowed: expected a positive integer or None (all of x)")
     _check_quantized(qmodel)
+    check_batch(x, "the calibration batch x", _model_dtype(qmodel))
     init_input_ranges(qmodel, x, **forward_kwargs)
     names = analog_layer_names(qmodel, cfg)
     roles = layer_roles(qmodel)
+    shared = cfg.adc_bits is not None and cfg.adc_range == "calibrated" and cfg.adc_calibration == "shared"
+    exact = _exact_layers(names, roles, cfg) if shared else set()
+    result = Calibration(cfg, inputs=x[:None if chip_batch is None else int(chip_batch)].detach(),
+                         forward_kwargs=dict(forward_kwargs))
+    result.output_ranges, result.adc_ranges = _observe_clean(qmodel, cfg, x, names, exact, roles, forward_kwargs)
+    return result
+
+
+def _observe_clean(qmodel: nn.Module, cfg: CIMConfig, x: Tensor, names: list[str], exact: set[str],
+                   roles: dict[str, set[str]], forward_kwargs: dict[str, Any]
+                   ) -> tuple[dict[str, float], dict[str, PartialSumRanges]]:
+    """Output ranges of ``names`` and the noise-free chip's partial-sum ranges of ``exact``, from one forward."""
     modules = dict(quant_layers(qmodel))
-    need_adc = cfg.adc_bits is not None and cfg.adc_range == "calibrated"
-    exact = _exact_layers(names, roles, cfg) if need_adc else set()
-    result = Calibration(cfg, inputs=x[:chip_batch].detach(), forward_kwargs=dict(forward_kwargs))
+    output_ranges: dict[str, float] = {}
+    adc_ranges: dict[str, PartialSumRanges] = {}
     engines: dict[str, ExactEngine] = {}
     hooks = []
     for name in names:
         def hook(mod: nn.Module, args: tuple[Tensor, ...], out: Tensor, name: str = name) -> None:
             span = float(out.max() - out.min())
-            result.output_ranges[name] = max(result.output_ranges.get(name, 0.0), span)
+            output_ranges[name] = max(output_ranges.get(name, 0.0), span)
             if name in exact:
                 if name not in engines:
                     engines[name] = _clean_engine(mod, cfg, _engine_parallel(name, roles, cfg))
                 q, _ = input_levels(args[0], mod.input_range, mod.input_bits, bool(mod.signed_input))  # type: ignore[attr-defined]
-                result.adc_ranges[name] = engines[name].observe_ranges(q, result.adc_ranges.get(name))
+                adc_ranges[name] = engines[name].observe_ranges(q, adc_ranges.get(name))
         hooks.append(modules[name].register_forward_hook(hook))
     was_training = qmodel.training
     try:
@@ -137,7 +184,7 @@ def calibrate(qmodel: nn.Module, cfg: CIMConfig, x: Tensor, chip_batch: int | No
         qmodel.train(was_training)
         for h in hooks:
             h.remove()
-    return result
+    return output_ranges, adc_ranges
 
 
 def _clean_engine(mod: nn.Module, cfg: CIMConfig, parallel: bool) -> ExactEngine:
@@ -147,7 +194,16 @@ def _clean_engine(mod: nn.Module, cfg: CIMConfig, parallel: bool) -> ExactEngine
     return ExactEngine(Geometry.of(mod), cfg, u, 1.0, s, bool(mod.signed_input), use_adc=False, parallel=parallel)  # type: ignore[attr-defined]
 
 
+def _check_config(cfg: Any) -> None:
+    if not isinstance(cfg, CIMConfig):
+        raise TypeError(f"cfg must be a CIMConfig (e.g. get_preset('neurosim')), not {type(cfg).__name__}")
+
+
 def _check_quantized(qmodel: nn.Module) -> None:
+    if not isinstance(qmodel, nn.Module):
+        raise TypeError(f"qmodel must be an nn.Module from quantize_model(model, cfg), not {type(qmodel).__name__}")
+    if not quant_layers(qmodel):
+        raise ValueError(f"{type(qmodel).__name__} has no nn.Conv2d / nn.Linear layer: nothing to put on a chip")
     for name, m in quant_layers(qmodel):
         if not isinstance(m, (QuantLayer, ChipLayer)):
             raise TypeError(f"layer {name!r} is a plain {type(m).__name__}: pass quantize_model(model, cfg) first")
@@ -163,7 +219,6 @@ class _Plan:
     counts: list[int]
     u0: Tensor  # (P, S, N) noise-free cell states of all analog weights, concatenated
     layer_index: Tensor  # (N,) layer of every weight
-    ref_sums: Tensor  # (L,) sum over the layer's cells of (u0 + g0): programmed conductance for compensation
     w_q: list[Tensor]  # noise-free quantized weights (what a sigma = 0, drift-free chip uses)
 
 
@@ -187,11 +242,17 @@ def _plan(qmodel: nn.Module, cfg: CIMConfig, names: list[str], modules: dict[str
         u0 = cells.cell_states(flat, cfg)
         dev = flat.device
         layer_index = torch.repeat_interleave(torch.arange(len(names), device=dev), torch.tensor(counts, device=dev))
-        per_weight = (u0 + cells.g0(cfg)).sum((0, 1))
-        ref_sums = torch.zeros(len(names), dtype=u0.dtype, device=dev).index_add_(0, layer_index, per_weight)
-    plan = _Plan(names, mods, scales, [m.weight.shape for m in mods], counts, u0, layer_index, ref_sums, w_q)  # type: ignore[union-attr]
+    plan = _Plan(names, mods, scales, [m.weight.shape for m in mods], counts, u0, layer_index, w_q)  # type: ignore[union-attr]
     _PLANS[qmodel] = (key, plan)
     return plan
+
+
+def column_currents(u: Tensor, cfg: CIMConfig, layer_index: Tensor, layers: int) -> Tensor:
+    """What global drift compensation measures, per layer: the total current of the weight columns for an all-ones
+    reference input (every row driven at full scale), ``sum G / (1 - 1/R) = sum (u + g0)`` over the layer's cells,
+    read noise-free with an ideal ADC and accumulated in float64. (L,) float64."""
+    per_weight = (u.to(torch.float64) + cells.g0(cfg)).sum((0, 1))
+    return torch.zeros(layers, dtype=torch.float64, device=u.device).index_add_(0, layer_index, per_weight)
 
 
 # ---- chip layers ------------------------------------------------------------------------------------------------
@@ -205,49 +266,69 @@ class ChipLayer:
     input_bits: int
     weight_bits: int
     chip_cfg: CIMConfig
-    w_eff: Tensor | None  # fast path, static effective weight
-    u_t: Tensor | None  # cell states after variation/drift (read noise re-folds from these), (P, S, *weight.shape)
+    layer_name: str
+    w_eff: Tensor | None  # fast path: the effective weight
+    u_t: Tensor  # cell states after variation, faults and drift, (P, S, *weight.shape) (for inspection)
     alpha: float
     w_scale: Tensor
     engine: ExactEngine | None
     out_std: float
     generator: torch.Generator | None
+    read_var: Tensor | None  # fast path read noise: sum over cells of (gain alpha (u + g0))^2 read_noise^2, weight-shaped
+    x2_table: Tensor | None  # per input level: sum over read cycles of (plane weight x plane value)^2
+    input_factor: Tensor | None  # fast path input noise: L with L L^T = c^2 Y Y^T, (C_out, C_out)
+    qmin: int
 
-    def _linear_op(self, x: Tensor, w: Tensor) -> Tensor:
+    def _linear_op(self, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
         """The layer's own operation (conv or linear) with weight ``w``: supplied by ChipConv2d / ChipLinear."""
         raise NotImplementedError(f"{type(self).__name__} is abstract: use ChipConv2d or ChipLinear")
 
-    def _effective_weight(self) -> Tensor:
-        if self.w_eff is not None:
-            return self.w_eff
-        assert self.u_t is not None
-        cfg = self.chip_cfg
-        u = cells.apply_read_noise(self.u_t, cfg, cfg.read_noise, self.generator)
-        return cells.dequantize(cells.readout_levels(u, cfg, self.alpha if self.alpha != 1.0 else None),
-                                self.w_scale, cfg.weight_bits)
-
     def forward(self, x: Tensor) -> Tensor:
+        check_layer_input(self, x)  # type: ignore[arg-type]
         q, step = input_levels(x, self.input_range, self.input_bits, bool(self.signed_input))
         if self.engine is None:
-            y = self._linear_op(q.mul_(step), self._effective_weight())
+            assert self.w_eff is not None
+            y = self._linear_op(q * step, self.w_eff, self.bias)
+            unit = self.w_scale / float(2**self.weight_bits - 1) * step  # signed level x input level -> output
+            if self.read_var is not None:
+                assert self.x2_table is not None
+                x2 = self.x2_table[(q - self.qmin).long()]
+                sd = self._linear_op(x2, self.read_var, None).clamp_(min=0).sqrt_()
+                y = y + sd.mul_(torch.randn(sd.shape, generator=self.generator, dtype=sd.dtype, device=sd.device)) * unit
+            if self.input_factor is not None:
+                y = y + self._position_noise(y, self.input_factor) * unit
+        elif self.engine.pending:  # per-chip ADC calibration: the first batch this chip sees fixes its ranges
+            y = self.engine.calibrate_forward(q, step, self.bias, self.generator)
         else:
-            if self.chip_cfg.read_noise > 0:
-                assert self.u_t is not None
-                u = cells.apply_read_noise(self.u_t, self.chip_cfg, self.chip_cfg.read_noise, self.generator)
-                self.engine.set_cells(u.flatten(3) if u.dim() > 4 else u)
-            if self.engine.pending:  # per-chip ADC calibration: the first batch this chip sees fixes its ranges
-                self.engine.set_ranges(self.engine.observe_ranges(q, None))
-            y = self.engine.forward(q, step, self.bias)
+            y = self.engine.forward(q, step, self.bias, self.generator)
         if self.out_std > 0:
             y = y + torch.randn(y.shape, generator=self.generator, dtype=y.dtype, device=y.device) * self.out_std
         return y
+
+    def _position_noise(self, y: Tensor, factor: Tensor) -> Tensor:
+        """Gaussian noise with covariance ``factor factor^T`` across output channels, independent per position."""
+        if y.dim() == 4:  # conv: (B, C, H, W), channels last for the matmul
+            n = torch.randn((y.shape[0], y.shape[2], y.shape[3], y.shape[1]), generator=self.generator,
+                            dtype=y.dtype, device=y.device)
+            return (n @ factor.t()).permute(0, 3, 1, 2)
+        n = torch.randn(y.shape, generator=self.generator, dtype=y.dtype, device=y.device)
+        return n @ factor.t()
+
+    def _retarget(self, dtype: torch.dtype, device: torch.device) -> None:
+        """Follow ``chip.double()`` / ``chip.to(device)``."""
+        for key in ("w_eff", "read_var", "x2_table", "input_factor", "w_scale", "u_t"):
+            t = self.__dict__.get(key)
+            if isinstance(t, Tensor):
+                self.__dict__[key] = t.to(device=device, dtype=dtype)
+        if self.engine is not None:
+            self.engine.retarget(dtype, device)
 
 
 class ChipConv2d(ChipLayer, nn.Conv2d):
     """A programmed analog ``nn.Conv2d``."""
 
-    def _linear_op(self, x: Tensor, w: Tensor) -> Tensor:
-        return self._conv_forward(x, w, self.bias)
+    def _linear_op(self, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+        return self._conv_forward(x, w, bias)
 
     forward = ChipLayer.forward  # type: ignore[assignment]
 
@@ -258,8 +339,8 @@ class ChipConv2d(ChipLayer, nn.Conv2d):
 class ChipLinear(ChipLayer, nn.Linear):
     """A programmed analog ``nn.Linear``."""
 
-    def _linear_op(self, x: Tensor, w: Tensor) -> Tensor:
-        return torch.nn.functional.linear(x, w, self.bias)
+    def _linear_op(self, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+        return torch.nn.functional.linear(x, w, bias)
 
     forward = ChipLayer.forward  # type: ignore[assignment]
 
@@ -302,8 +383,10 @@ class Chip(nn.Module):
     """One programmed chip: calls go to the programmed copy of the model (``chip(x, mask=m)``,
     ``chip(x, exit=e)``, ``chip.features(x)`` and any other attribute of the model work).
 
-    Attributes: ``sigma`` (the std that ``noise_source`` was set to), ``seed``, ``config`` (the chip's config,
+    Attributes: ``sigma`` (the value that ``noise_source`` was set to), ``seed``, ``config`` (the chip's config,
     sigma applied), ``exact`` (True when some layer computes partial sums with an ADC), ``noise_source``.
+    A call checks its batch first (a finite floating-point tensor in the chip's dtype; each layer then checks its
+    input's shape) and says what it expects instead of failing inside torch.
     """
 
     def __init__(self, model: nn.Module, config: CIMConfig, sigma: float, seed: int, exact: bool,
@@ -313,14 +396,38 @@ class Chip(nn.Module):
         self.config, self.sigma, self.seed, self.exact = config, float(sigma), int(seed), bool(exact)
         self.noise_source = noise_source
         self.generator = generator
+        self.compute_dtype = _model_dtype(model)
         self.training = False
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if args and isinstance(args[0], Tensor):
+            check_batch(args[0], "the chip's input", self.compute_dtype)
         return self.model(*args, **kwargs)
 
     def train(self, mode: bool = True) -> Chip:
         """Chips are inference-only: stays in eval mode whatever ``mode`` is."""
         return super().train(False)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Chip:
+        """``chip.double()``, ``chip.float()``, ``chip.to(device)``: converts this chip only (its parameters are
+        first made its own, so the source model and other chips keep theirs), programmed state included."""
+        gen_dev = self.generator.device
+        probe = fn(torch.zeros((), dtype=self.compute_dtype, device=gen_dev))
+        if probe.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"chips compute in float32 or float64, not {probe.dtype}")
+        for m in self.model.modules():
+            for k, p in list(m._parameters.items()):
+                if p is not None:
+                    m._parameters[k] = nn.Parameter(p.data, requires_grad=p.requires_grad)
+        super()._apply(fn, recurse)
+        if probe.device != gen_dev:  # the per-call stream continues on the new device from a seed of the old one
+            seed = int(torch.randint(0, 2**62, (), generator=self.generator))
+            self.generator = torch.Generator(device=probe.device).manual_seed(seed)
+        self.compute_dtype = probe.dtype
+        for _, layer in self.analog_layers():
+            layer.generator = self.generator
+            layer._retarget(probe.dtype, probe.device)
+        return self
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -340,27 +447,34 @@ class Chip(nn.Module):
         return f"sigma={self.sigma}, seed={self.seed}, exact={self.exact}, noise_source={self.noise_source!r}"
 
 
+def _gain(cfg: CIMConfig, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Digital weight of each (column kind, slice) in the signed level: ``2^(c k)`` (x 2 for "offset"), (1, S, 1)."""
+    k = torch.arange(cfg.num_slices, dtype=dtype, device=device)
+    return (2.0 ** (cfg.cell_bits * k) * (2.0 if cfg.mapping == "offset" else 1.0)).view(1, -1, 1)
+
+
 def program(qmodel: nn.Module, cfg: CIMConfig, sigma: float | None = None, seed: int = 0,
             calibration: Calibration | None = None, noise_source: str = "programming") -> Chip:
     """Program a chip from a quantized model.
 
-    :param qmodel: output of :func:`quantize_model` (trained or with input ranges set).
+    :param qmodel: output of :func:`quantize_model` (trained or with input ranges set); a bare quantized
+        ``Conv2d`` / ``Linear`` works too.
     :param cfg: the chip config.
-    :param sigma: std of ``noise_source`` (``cfg.scaled(noise_source, sigma)``); None keeps cfg's value.
-    :param seed: the chip's seed (any non-negative int): same seed, bitwise the same chip.
+    :param sigma: the value of ``noise_source`` (``cfg.scaled(noise_source, sigma)``); None keeps cfg's value.
+    :param seed: the chip's seed (any non-negative integer, numpy integers too): same seed, bitwise the same chip.
     :param calibration: output of :func:`calibrate`; required for output noise and for "calibrated" ADC ranges.
-    :param noise_source: "programming" (default), "read" or "output".
+    :param noise_source: a key of :data:`~cim_gym.hardware.NOISE_SOURCES` ("programming" by default).
     """
-    if noise_source not in NOISE_SOURCES:
-        raise ValueError(f"noise_source={noise_source!r} is not allowed: expected one of {NOISE_SOURCES}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    _check_config(cfg)
+    noise_field(noise_source)
+    if not is_integer(seed) or seed < 0:
         raise ValueError(f"seed={seed!r} is not allowed: expected a non-negative integer")
+    if calibration is not None and not isinstance(calibration, Calibration):
+        raise TypeError(f"calibration must be a Calibration from calibrate(qmodel, cfg, x), not {type(calibration).__name__}")
     chip_cfg = cfg if sigma is None else cfg.scaled(noise_source, sigma)
-    used = {"programming": chip_cfg.sigma, "read": chip_cfg.read_noise, "output": chip_cfg.output_noise}[noise_source]
+    used = chip_cfg.noise_level(noise_source)
+    _check_quantized(qmodel)
     layers = quant_layers(qmodel)
-    for name, m in layers:
-        if not isinstance(m, QuantLayer):
-            raise TypeError(f"layer {name!r} is a plain {type(m).__name__}: pass quantize_model(model, cfg) first")
     if calibration is not None:
         calibration.check(chip_cfg)
     roles = layer_roles(qmodel, layers)
@@ -374,31 +488,43 @@ def program(qmodel: nn.Module, cfg: CIMConfig, sigma: float | None = None, seed:
         raise ValueError("adc_range='calibrated' with adc_calibration='chip' needs a calibration batch: pass "
                          "calibration=calibrate(qmodel, cfg, x)")
     if exact_names and chip_cfg.adc_range == "calibrated" and not per_chip:
+        if calibration is not None and not exact_names <= set(calibration.adc_ranges) and calibration.inputs is not None:
+            _, ranges = _observe_clean(qmodel, chip_cfg, calibration.inputs, names, exact_names, roles,
+                                       calibration.forward_kwargs)  # shared ranges, computed once on demand
+            calibration.adc_ranges.update(ranges)
         if calibration is None or not exact_names <= set(calibration.adc_ranges):
             raise ValueError("adc_range='calibrated' needs ADC ranges: pass calibration=calibrate(qmodel, cfg, x) "
                              "computed with a config that has adc_bits set")
     for name in names:
         modules[name].check_calibrated()  # type: ignore[operator]
 
-    s_var, s_drift, s_call, _ = chip_seeds(int(seed))
+    s_var, s_drift, s_call, s_adc, s_stuck, _ = chip_seeds(int(seed))
     plan = _plan(qmodel, chip_cfg, names, modules)
     dev = plan.u0.device
     g_call = torch.Generator(device=dev).manual_seed(s_call)
-    noisy = chip_cfg.sigma > 0 or chip_cfg.drift_active
+    g_adc = torch.Generator(device=dev).manual_seed(s_adc)
+    faults = chip_cfg.stuck_at_gmin > 0 or chip_cfg.stuck_at_gmax > 0
+    noisy = chip_cfg.sigma > 0 or chip_cfg.drift_active or faults
     with torch.no_grad():
         u = plan.u0
         if chip_cfg.sigma > 0:
             u = cells.apply_variation(u, chip_cfg, chip_cfg.sigma, torch.Generator(device=dev).manual_seed(s_var))
+        stuck = None
+        if faults:
+            stuck = cells.stuck_at_masks(u.shape, chip_cfg, torch.Generator(device=dev).manual_seed(s_stuck), dev)
+            u = cells.apply_stuck(u, stuck, chip_cfg)
+        u_programmed = u
         if chip_cfg.drift_active:
             u = cells.apply_drift(u, chip_cfg, torch.Generator(device=dev).manual_seed(s_drift))
+            if stuck is not None:
+                u = cells.apply_stuck(u, stuck, chip_cfg)
         compensate = chip_cfg.drift_compensation and chip_cfg.drift_active
         alphas = [1.0] * len(names)
-        if compensate:
-            per_weight = (u + cells.g0(chip_cfg)).sum((0, 1))
-            now = torch.zeros_like(plan.ref_sums).index_add_(0, plan.layer_index, per_weight)
-            alphas = (plan.ref_sums / now).tolist()
+        if compensate:  # what the chip measures: reference reads right after programming and at time t
+            i0 = column_currents(u_programmed, chip_cfg, plan.layer_index, len(names))
+            alphas = (i0 / column_currents(u, chip_cfg, plan.layer_index, len(names))).tolist()
         Y = None
-        if noisy and chip_cfg.read_noise == 0 and len(exact_names) < len(names):
+        if (noisy or chip_cfg.input_noise > 0) and len(exact_names) < len(names):
             alpha_w = torch.tensor(alphas, dtype=u.dtype, device=dev)[plan.layer_index] if compensate else None
             Y = cells.readout_levels(u, chip_cfg, alpha_w)
         replace: dict[str, nn.Module] = {}
@@ -408,29 +534,41 @@ def program(qmodel: nn.Module, cfg: CIMConfig, sigma: float | None = None, seed:
             n, shape = plan.counts[i], plan.shapes[i]
             layer: Any = _shallow(mod, ChipConv2d if isinstance(mod, nn.Conv2d) else ChipLinear)
             u_layer = u[:, :, offset:offset + n]
-            engine = w_eff = None
+            engine = w_eff = read_var = x2_table = input_factor = None
+            parallel = _engine_parallel(name, roles, chip_cfg)
+            signed = bool(mod.signed_input)  # type: ignore[attr-defined]
+            lut, wz, qmin = input_planes(chip_cfg.input_bits, signed, parallel)
             if name in exact_names:
                 ranges = calibration.adc_ranges.get(name) if calibration is not None and not per_chip else None
                 engine = ExactEngine(Geometry.of(mod), chip_cfg, u_layer.reshape(P, S, shape[0], -1), alphas[i],
-                                     plan.scales[i], bool(mod.signed_input), use_adc=True, ranges=ranges,  # type: ignore[attr-defined]
-                                     parallel=_engine_parallel(name, roles, chip_cfg), deferred=per_chip)
-            elif chip_cfg.read_noise == 0:
+                                     plan.scales[i], signed, use_adc=True, ranges=ranges, parallel=parallel,
+                                     deferred=per_chip, generator=g_adc)
+            else:
                 w_eff = (cells.dequantize(Y[offset:offset + n].view(shape), plan.scales[i], chip_cfg.weight_bits)
                          if Y is not None else plan.w_q[i])
-            needs_cells = chip_cfg.read_noise > 0 or engine is not None
+                if chip_cfg.read_noise > 0:
+                    v = (u_layer + cells.g0(chip_cfg)) * (_gain(chip_cfg, u.dtype, dev) * alphas[i])
+                    read_var = (v * v).sum((0, 1)).mul_(chip_cfg.read_noise**2).view(shape)
+                    x2_table = ((lut * wz.view(-1, 1)) ** 2).sum(0).to(u.dtype).to(dev)
+                if chip_cfg.input_noise > 0:
+                    assert Y is not None
+                    y_lv = Y[offset:offset + n].view(shape[0], -1).double()
+                    evals, evecs = torch.linalg.eigh(y_lv @ y_lv.t())
+                    c = chip_cfg.input_noise * float(lut.abs().max()) * float(wz.square().sum().sqrt())
+                    input_factor = (evecs * evals.clamp(min=0).sqrt()).mul_(c).to(u.dtype)
             layer.__dict__.update(
                 _modules={}, _noise=None, training=False, chip_cfg=chip_cfg, alpha=alphas[i], w_scale=plan.scales[i],
-                generator=g_call, engine=engine, w_eff=w_eff,
-                u_t=u_layer.reshape(P, S, *shape) if needs_cells else None,
+                generator=g_call, engine=engine, w_eff=w_eff, u_t=u_layer.reshape(P, S, *shape), layer_name=name,
+                read_var=read_var, x2_table=x2_table, input_factor=input_factor, qmin=qmin,
                 out_std=chip_cfg.output_noise * calibration.output_ranges.get(name, 0.0) if calibration else 0.0,
             )
             replace[name] = layer
             offset += n
-        model = _copy_tree(qmodel, "", replace)
+        model = replace[""] if "" in replace else _copy_tree(qmodel, "", replace)  # a bare layer is its own model
         chip = Chip(model, chip_cfg, used, int(seed), bool(exact_names), noise_source, g_call)
         if per_chip:
             assert calibration is not None and calibration.inputs is not None
-            chip(calibration.inputs, **calibration.forward_kwargs)  # each exact layer fixes its ADC ranges
+            chip(calibration.inputs.to(chip.compute_dtype), **calibration.forward_kwargs)  # each exact layer fixes its ranges
             missed = [n for n, layer in chip.analog_layers() if layer.engine is not None and layer.engine.pending]
             if missed:
                 raise ValueError(f"the calibration forward did not reach layers {missed}: calibrate with forward "

@@ -11,8 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
+
+import numpy as np
 
 __all__ = [
     "ADC_CALIBRATIONS",
@@ -25,6 +29,9 @@ __all__ = [
     "NOISE_SOURCES",
     "ROW_MAPPINGS",
     "VARIATIONS",
+    "is_integer",
+    "is_number",
+    "noise_field",
 ]
 
 MAPPINGS = ("offset", "differential")
@@ -35,20 +42,49 @@ ADC_RANGES = ("calibrated", "full_scale", "dynamic")
 ADC_CALIBRATIONS = ("chip", "shared")
 FIRST_LAYER_MODES = ("analog_no_adc", "analog", "digital")
 LAST_LAYER_MODES = ("analog", "digital")
-NOISE_SOURCES = ("programming", "read", "output")
+NOISE_SOURCES: MappingProxyType[str, str] = MappingProxyType({
+    "programming": "sigma",
+    "read": "read_noise",
+    "output": "output_noise",
+    "input": "input_noise",
+    "adc_offset": "adc_offset_std",
+    "adc_gain": "adc_gain_std",
+    "stuck_at_gmin": "stuck_at_gmin",
+    "stuck_at_gmax": "stuck_at_gmax",
+})
+"""Every noise source a study or an environment can sweep, and the one ``CIMConfig`` field its value sets. The only
+place this is written: :meth:`CIMConfig.scaled`, :func:`~cim_gym.hardware.program`, the pools, the environments and
+the studies all read it (``source in NOISE_SOURCES``; ``tuple(NOISE_SOURCES)`` lists the names)."""
+
+
+def noise_field(source: str) -> str:
+    """The ``CIMConfig`` field that noise source ``source`` sets; an unknown source raises a ``ValueError``."""
+    if not isinstance(source, str) or source not in NOISE_SOURCES:
+        raise ValueError(f"noise_source={source!r} is not allowed: expected one of {tuple(NOISE_SOURCES)}")
+    return NOISE_SOURCES[source]
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
     raise ValueError(f"CIMConfig.{name}={value!r} is not allowed: expected {allowed}")
 
 
+def is_number(value: Any) -> bool:
+    """True for a real number (Python or numpy int/float scalar), False for bools, strings, arrays and the rest."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def is_integer(value: Any) -> bool:
+    """True for a Python or numpy integer scalar (not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+    if not is_integer(value) or not lo <= value <= hi:
         _fail(name, value, f"an integer in [{lo}, {hi}]")
 
 
 def _check_float(name: str, value: Any, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_number(value) and math.isfinite(value)
     ok = ok and (value > lo if lo_open else value >= lo) and value <= hi
     if not ok:
         lo_txt = f"> {lo}" if lo_open else f">= {lo}"
@@ -90,10 +126,22 @@ class CIMConfig:
     """Std of the programming (device-to-device) variation, drawn once per chip; >= 0. Usually set per chip by
     ``program(..., sigma=)``; this field is the value used when a config alone describes the chip."""
     read_noise: float = 0.0
-    """Std of the relative cycle-to-cycle read noise, G'' = G (1 + read_noise N), drawn anew at every forward; >= 0."""
+    """Std of the relative cycle-to-cycle read noise, G'' = G (1 + read_noise N): independent for every cell, read
+    cycle (input bit), output position and image; drawn anew at every forward; >= 0. The reference column is
+    noise-free."""
     output_noise: float = 0.0
     """Std of the additive Gaussian noise on each analog layer's output (before the activation), as a fraction of
     that layer's calibrated output range (max - min); Yang & Sze, IEDM 2019. Drawn anew at every forward; >= 0."""
+    input_noise: float = 0.0
+    """Std of the additive Gaussian noise on every value a word line applies (DAC / driver noise), in units of the
+    largest value of one read (1 for a bit-serial pulse, the largest input level for parallel feeding): independent
+    per row, read cycle, output position and image, shared by all columns the row drives; >= 0."""
+    stuck_at_gmin: float = 0.0
+    """Share of cells stuck at G_min (a fault, drawn once per chip, cell by cell), in [0, 1]; stuck cells ignore
+    programming, variation and drift. The reference column has no faults."""
+    stuck_at_gmax: float = 0.0
+    """Share of cells stuck at G_max (drawn once per chip, like ``stuck_at_gmin``), in [0, 1]; the two shares sum
+    to at most 1."""
     # --- drift -----------------------------------------------------------------------------------------------
     drift_time: float = 0.0
     """Time t since programming, seconds. 0 means no drift; otherwise t >= drift_t0 and G(t) = G(t0) (t/t0)^-nu."""
@@ -104,8 +152,9 @@ class CIMConfig:
     drift_nu_std: float = 0.0
     """Std of the per-cell drift exponent nu (dimensionless, >= 0); drawn once per chip."""
     drift_compensation: bool = False
-    """Global drift compensation: one digital scalar per layer, sum of programmed conductances / sum at time t
-    (aihwkit's GlobalDriftCompensation idea)."""
+    """Global drift compensation (aihwkit's GlobalDriftCompensation): per layer, the chip reads the total current of
+    its weight columns for an all-ones reference input right after programming and again at time t (noise-free,
+    ideal-ADC reads, summed in float64) and scales the weight columns digitally by their ratio."""
     # --- array -----------------------------------------------------------------------------------------------
     subarray_rows: int = 128
     """Rows (word lines) of one sub-array; a layer's unrolled rows are split into sub-arrays of this many. 1..4096."""
@@ -128,6 +177,17 @@ class CIMConfig:
     """Where "calibrated" ADC ranges come from: "chip" (each chip, right after programming, runs the calibration
     batch and fixes the min/max of its own partial sums per layer, slice and input bit) or "shared" (the ranges of
     the noise-free chip, shared by all chips: partial sums of a varied chip that leave that range are clipped)."""
+    adc_range_margin: float = 0.0
+    """Calibrated ADC ranges are widened by this fraction of their width on each side (>= 0): headroom for partial
+    sums larger than any seen on the calibration batch, paid for with a coarser step."""
+    adc_offset_std: float = 0.0
+    """Std of the offset error of each ADC (one per sub-array column, reference columns included), in LSB; drawn
+    once per chip at programming (comparator mismatch, CrossSim); >= 0; needs a static ADC (adc_bits set, range
+    not "dynamic")."""
+    adc_gain_std: float = 0.0
+    """Std of the gain error of each ADC, in LSB at full scale (code = (1 + e / (2^adc_bits - 1)) x ideal code);
+    drawn once per chip at programming (capacitor mismatch, CrossSim); >= 0; needs a static ADC like
+    ``adc_offset_std``."""
     # --- which layers are analog -----------------------------------------------------------------------------
     first_layer: str = "analog_no_adc"
     """The first Conv2d/Linear (it sees signed, normalized pixels): "analog_no_adc" (analog, parallel input, no
@@ -139,6 +199,10 @@ class CIMConfig:
     """Extra layers kept digital, as fnmatch patterns on qualified module names (e.g. ``("exits.*",)``)."""
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # numpy scalars (np.float32 sigma, np.int64 bits) are plain numbers
+            value = getattr(self, f.name)
+            if isinstance(value, np.generic) and is_number(value):
+                object.__setattr__(self, f.name, value.item())
         _check_int("weight_bits", self.weight_bits, 1, 16)
         _check_int("input_bits", self.input_bits, 1, 16)
         _check_int("cell_bits", self.cell_bits, 1, 8)
@@ -150,6 +214,11 @@ class CIMConfig:
         _check_float("sigma", self.sigma, 0.0)
         _check_float("read_noise", self.read_noise, 0.0)
         _check_float("output_noise", self.output_noise, 0.0)
+        _check_float("input_noise", self.input_noise, 0.0)
+        _check_float("stuck_at_gmin", self.stuck_at_gmin, 0.0, 1.0)
+        _check_float("stuck_at_gmax", self.stuck_at_gmax, 0.0, 1.0)
+        if self.stuck_at_gmin + self.stuck_at_gmax > 1.0:
+            _fail("stuck_at_gmax", self.stuck_at_gmax, f"at most 1 - stuck_at_gmin = {1.0 - self.stuck_at_gmin}")
         _check_float("drift_t0", self.drift_t0, 0.0, lo_open=True)
         _check_float("drift_time", self.drift_time, 0.0)
         if self.drift_time != 0 and self.drift_time < self.drift_t0:
@@ -165,12 +234,20 @@ class CIMConfig:
             _check_int("adc_bits", self.adc_bits, 1, 16)
         _check_choice("adc_range", self.adc_range, ADC_RANGES)
         _check_choice("adc_calibration", self.adc_calibration, ADC_CALIBRATIONS)
+        _check_float("adc_range_margin", self.adc_range_margin, 0.0)
+        for name in ("adc_offset_std", "adc_gain_std"):
+            _check_float(name, getattr(self, name), 0.0)
+            if getattr(self, name) > 0 and (self.adc_bits is None or self.adc_range == "dynamic"):
+                _fail(name, getattr(self, name), f"0 with adc_bits={self.adc_bits!r}, adc_range={self.adc_range!r} "
+                      "(ADC mismatch needs adc_bits set and a static range: 'calibrated' or 'full_scale')")
         _check_choice("first_layer", self.first_layer, FIRST_LAYER_MODES)
         _check_choice("last_layer", self.last_layer, LAST_LAYER_MODES)
         patterns = self.digital_layers
-        if isinstance(patterns, list):
+        if isinstance(patterns, str):  # one pattern, never its characters
+            patterns = (patterns,)
+        elif isinstance(patterns, list):
             patterns = tuple(patterns)
-            object.__setattr__(self, "digital_layers", patterns)
+        object.__setattr__(self, "digital_layers", patterns)
         if not isinstance(patterns, tuple) or not all(isinstance(p, str) for p in patterns):
             _fail("digital_layers", self.digital_layers, "a tuple of fnmatch patterns (strings)")
 
@@ -192,8 +269,9 @@ class CIMConfig:
 
     @property
     def needs_exact(self) -> bool:
-        """True when inference must compute partial sums (an ADC or read noise): the exact path."""
-        return self.adc_bits is not None or self.read_noise > 0
+        """True when inference must compute partial sums (an ADC): the exact path. Read and input noise do not need
+        it: without an ADC they are drawn on the layer's output with the exact per-read statistics."""
+        return self.adc_bits is not None
 
     # --- variants -----------------------------------------------------------------------------------------------
     def replace(self, **changes: Any) -> CIMConfig:
@@ -201,15 +279,21 @@ class CIMConfig:
         return dataclasses.replace(self, **changes)
 
     def scaled(self, source: str, sigma: float) -> CIMConfig:
-        """A copy where ``sigma`` sets the std of one noise source.
+        """A copy where ``sigma`` sets one noise source: the field ``NOISE_SOURCES[source]``.
 
-        :param source: "programming" (field ``sigma``), "read" (``read_noise``) or "output" (``output_noise``).
-        :param sigma: the std, >= 0 (units of that field).
+        :param source: a key of :data:`NOISE_SOURCES` ("programming" sets ``sigma``, "read" ``read_noise``,
+            "output" ``output_noise``, "input" ``input_noise``, "adc_offset" ``adc_offset_std``, "adc_gain"
+            ``adc_gain_std``, "stuck_at_gmin" / "stuck_at_gmax" the fault rates).
+        :param sigma: the value, a real number in that field's range (units of that field).
         """
-        if source not in NOISE_SOURCES:
-            raise ValueError(f"source={source!r} is not allowed: expected one of {NOISE_SOURCES}")
-        key = {"programming": "sigma", "read": "read_noise", "output": "output_noise"}[source]
+        key = noise_field(source)
+        if not is_number(sigma):
+            raise ValueError(f"sigma={sigma!r} is not allowed: expected a real number (the value of {key})")
         return self.replace(**{key: float(sigma)})
+
+    def noise_level(self, source: str) -> float:
+        """The value of the field that ``source`` sets (``getattr(self, NOISE_SOURCES[source])``)."""
+        return float(getattr(self, noise_field(source)))
 
     # --- serialization ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -229,7 +313,7 @@ class CIMConfig:
         if unknown:
             raise ValueError(f"unknown CIMConfig field(s) {unknown}; known fields: {sorted(known)}")
         d = dict(d)
-        if "digital_layers" in d:
+        if isinstance(d.get("digital_layers"), list):
             d["digital_layers"] = tuple(d["digital_layers"])
         return cls(**d)
 

@@ -17,6 +17,19 @@ bits or slices. Partial sums are computed **exactly**: cell states are put on a 
 chosen per layer so every sum stays below ``2^24``, far finer than any noise), so the float32 sums are exact
 multiples of ``2^-m``, independent of summation order and batch size. The ADC then acts elementwise; the sum over
 sub-arrays, shift-and-add over input bits and slices, reference subtraction and drift compensation are one matmul.
+
+Per-read noise, independent for every image, output position, input plane (read cycle) and sub-array:
+- read noise (relative, std ``r``) on every cell adds ``r sqrt(sum_i x_i^2 G_i^2) N`` to a partial sum
+  ``sum_i x_i G_i``: the exact law of a sum of independent Gaussian terms (clipping of ``G (1 + r N)`` at 0, a
+  ``Phi(-1/r)`` event, is neglected); one more batched matmul with the squared cells gives the variances;
+- input noise (std ``e`` times the largest plane value) is added to every applied input plane value before the
+  matmul, so that it is shared by all columns of a row, as a word line is;
+- ADC mismatch: each ADC (one per sub-array column) has an offset ``o`` and a gain error ``g`` (LSB, drawn once per
+  chip): ``code = clamp(round(c (1 + g / (2^bits - 1)) + o), 0, 2^bits - 1)`` for the ideal code ``c``; the
+  digital periphery decodes with the nominal step.
+
+The engine computes in the model's dtype: a float64 model gets float64 partial sums and outputs. NeuroSim's
+"dynamic" ADC takes its floor on exact integers (grid units), so ties give NeuroSim's code.
 """
 
 from __future__ import annotations
@@ -31,10 +44,35 @@ from torch import Tensor, nn
 from cim_gym.hardware import adc, cells
 from cim_gym.hardware.config import CIMConfig
 
-__all__ = ["ExactEngine", "Geometry", "PartialSumRanges"]
+__all__ = ["CALIBRATION_MEMORY_BYTES", "ExactEngine", "Geometry", "PartialSumRanges", "input_planes"]
 
 # target size (elements) of one chunk's partial-sum tensor: small enough to stay in cache
 CHUNK_ELEMENTS = 1_200_000
+# per-chip calibration keeps one layer's partial sums of the whole calibration batch when they fit in this many
+# bytes (one pass: observe the ranges, then convert what was kept); larger layers are computed twice
+CALIBRATION_MEMORY_BYTES = 512 * 2**20
+
+
+def input_planes(bits: int, signed: bool, parallel: bool) -> tuple[Tensor, Tensor, int]:
+    """How input levels are applied to the word lines.
+
+    :returns: ``lut (Z, levels)`` float64, the value every plane (read cycle) applies for each input level
+        ``qmin .. qmax``; ``weights (Z,)`` float64, the digital weight of each plane (``2^z``, negative for the
+        negative part of signed inputs; ``[1]`` for parallel feeding); ``qmin`` (the first level of the table).
+    """
+    top = max(2 ** (bits - 1) - 1, 1) if signed else 2**bits - 1
+    qmin = -top if signed else 0
+    levels = torch.arange(qmin, top + 1, dtype=torch.int64)
+    if parallel:
+        return levels.view(1, -1).double(), torch.ones(1, dtype=torch.float64), qmin
+    nbits = max(bits - 1, 1) if signed else bits
+    z = torch.arange(nbits).view(-1, 1)
+    lut = (levels.clamp(min=0).view(1, -1) >> z) & 1
+    wz = [2.0**k for k in range(nbits)]
+    if signed:
+        lut = torch.cat([lut, ((-levels).clamp(min=0).view(1, -1) >> z) & 1])
+        wz = wz + [-w for w in wz]
+    return lut.double(), torch.tensor(wz, dtype=torch.float64), qmin
 
 
 @dataclass(frozen=True)
@@ -97,8 +135,9 @@ class ExactEngine:
     """Computes one analog layer's output from its programmed cell states, input quantization levels and ADC.
 
     :param geom: layer shape.
-    :param cfg: the chip config (mapping, rows, feeding, ADC).
-    :param u: programmed cell states (level units), shape ``(P, S, C_out, rows)`` (rows in the weight's order).
+    :param cfg: the chip config (mapping, rows, feeding, ADC, per-read noise, ADC mismatch).
+    :param u: programmed cell states (level units), shape ``(P, S, C_out, rows)`` (rows in the weight's order);
+        its dtype is the model's (float64 gives float64 partial sums and outputs).
     :param alpha: global drift compensation factor (1 when off), applied digitally to the weight columns.
     :param scale: the layer's weight scale ``s`` (weight = s * level / (2^b - 1)).
     :param signed_input: whether the layer's inputs are signed.
@@ -106,11 +145,12 @@ class ExactEngine:
     :param ranges: calibrated ADC ranges (required when ``cfg.adc_range == "calibrated"`` and ``use_adc``).
     :param parallel: feed inputs in parallel (one multi-level read) instead of bit-serially; default from cfg.
     :param deferred: "calibrated" ranges will be set later by :meth:`set_ranges` (per-chip calibration).
+    :param generator: draws the ADC mismatch (once, here) when the config has some.
     """
 
     def __init__(self, geom: Geometry, cfg: CIMConfig, u: Tensor, alpha: float, scale: Tensor, signed_input: bool,
                  use_adc: bool, ranges: PartialSumRanges | None = None, parallel: bool | None = None,
-                 deferred: bool = False) -> None:
+                 deferred: bool = False, generator: torch.Generator | None = None) -> None:
         self.geom, self.cfg = geom, cfg
         self.alpha, self.scale, self.signed = float(alpha), scale, signed_input
         self.use_adc = use_adc and cfg.adc_bits is not None
@@ -120,9 +160,21 @@ class ExactEngine:
         self.has_ref = cfg.mapping == "offset"
         self.cols = self.P * self.S * self.C_out + (1 if self.has_ref else 0)
         self.device = u.device
+        self.out_dtype = u.dtype if u.dtype == torch.float64 else torch.float32
         self.on = 1.0 - 1.0 / cfg.onoff_ratio
+        self.read_std = float(cfg.read_noise)
         self._planes_table()
+        self.input_std = float(cfg.input_noise) * self.plane_absmax
         self._layout()
+        self.mismatch: list[tuple[Tensor, Tensor]] | None = None
+        if self.use_adc and cfg.adc_range != "dynamic" and (cfg.adc_offset_std > 0 or cfg.adc_gain_std > 0):
+            top = float(2 ** cfg.adc_bits - 1)  # type: ignore[operator]
+            dev = generator.device if generator is not None else torch.device("cpu")
+            self.mismatch = []
+            for _, n, _ in self.groups:  # one ADC per sub-array column: (offset in LSB, relative gain error)
+                off = torch.randn((n, self.cols, 1, 1), generator=generator, dtype=torch.float64, device=dev)
+                gain = torch.randn((n, self.cols, 1, 1), generator=generator, dtype=torch.float64, device=dev)
+                self.mismatch.append((off.mul_(cfg.adc_offset_std), gain.mul_(cfg.adc_gain_std / top)))
         self.set_cells(u)
         self.ranges = ranges
         self.pending = deferred and self.use_adc and cfg.adc_range == "calibrated"
@@ -134,26 +186,23 @@ class ExactEngine:
         self.ranges, self.pending = ranges, False
         self._adc_setup(ranges)
 
+    def retarget(self, dtype: torch.dtype, device: torch.device) -> None:
+        """Compute in ``dtype`` (float32 or float64) on ``device`` from now on (``chip.double()``, ``chip.to(...)``)."""
+        self.out_dtype, self.device = dtype, device
+        self.u = self.u.to(device=device, dtype=torch.float64 if dtype == torch.float64 else self.u.dtype)
+        self.scale = self.scale.to(device=device, dtype=dtype)
+        if self.mismatch is not None:
+            self.mismatch = [(o.to(device), g.to(device)) for o, g in self.mismatch]
+        self.set_cells(self.u)
+        if not self.pending:
+            self._adc_setup(self.ranges)
+
     # ---- input planes --------------------------------------------------------------------------------------
     def _planes_table(self) -> None:
         """``lut (Z, levels)``: plane values of every input level, and the planes' digital weights ``wz``."""
-        a = self.cfg.input_bits
-        top = (max(2 ** (a - 1) - 1, 1) if self.signed else 2**a - 1)
-        self.qmin = -top if self.signed else 0
-        levels = torch.arange(self.qmin, top + 1, dtype=torch.int64)
-        if self.parallel:
-            lut, wz = levels.view(1, -1).double(), [1.0]
-        else:
-            nbits = max(a - 1, 1) if self.signed else a
-            z = torch.arange(nbits).view(-1, 1)
-            lut = (levels.clamp(min=0).view(1, -1) >> z) & 1
-            wz = [2.0**k for k in range(nbits)]
-            if self.signed:
-                lut = torch.cat([lut, ((-levels).clamp(min=0).view(1, -1) >> z) & 1])
-                wz = wz + [-w for w in wz]
-            lut = lut.double()
+        lut, wz, self.qmin = input_planes(self.cfg.input_bits, self.signed, self.parallel)
         self.lut64 = lut
-        self.plane_weights = torch.tensor(wz, dtype=torch.float64)
+        self.plane_weights = wz
         self.Z = len(wz)
         self.plane_absmax = float(lut.abs().max())
         self.plane_min = float(lut.min())
@@ -192,12 +241,13 @@ class ExactEngine:
     def set_cells(self, u: Tensor) -> None:
         """Put cell states ``u`` (P, S, C_out, rows) on the fixed-point grid, laid out per sub-array group."""
         cfg = self.cfg
+        self.u = u
         k0 = cells.g0(cfg)
         vmax = max(float((u + k0).abs().max()), k0 + cfg.g_max)
         bound = self.max_rows * self.plane_absmax * vmax
         m = math.floor(math.log2((2**24 - 1) / max(bound, 1e-30)))
         self.dtype = torch.float32
-        if m < 12:  # float32 would need a grid coarser than 2^-12 level units: use float64
+        if m < 12 or self.out_dtype == torch.float64:  # float32 would need a grid coarser than 2^-12 level units
             m = math.floor(math.log2((2**53 - 1) / max(bound, 1e-30)))
             self.dtype = torch.float64
         self.grid = 2.0 ** min(m, 40)
@@ -210,6 +260,13 @@ class ExactEngine:
         v = self._row_order(v)
         self.weights = [v[:, s:s + n * r].reshape(self.cols, n, r).transpose(0, 1).to(self.dtype).contiguous()
                         for s, n, r in self.groups]  # each (n, cols, r)
+        self.weights_sq: list[Tensor] = []
+        if self.read_std > 0:  # read noise variance per partial sum: sum_i x_i^2 v_i^2 (the reference is noise-free)
+            for w in self.weights:
+                w2 = w * w
+                if self.has_ref:
+                    w2[:, -1] = 0.0
+                self.weights_sq.append(w2)
         self.lut = self.lut64.to(self.dtype).to(self.device)
 
     # ---- ADC -----------------------------------------------------------------------------------------------
@@ -229,6 +286,9 @@ class ExactEngine:
                 raise ValueError("adc_range='calibrated' needs calibrated ADC ranges: pass calibration=calibrate(...)")
             lo_pk, hi_pk = ranges.lo.to(dt).cpu(), ranges.hi.to(dt).cpu()
             ref_lo, ref_hi = ranges.ref_lo.to(dt).cpu().view(1, Z), ranges.ref_hi.to(dt).cpu().view(1, Z)
+            if cfg.adc_range_margin > 0:
+                lo_pk, hi_pk = self._widen(lo_pk, hi_pk)
+                ref_lo, ref_hi = self._widen(ref_lo, ref_hi)
         else:
             lo, hi = self.full_scale()
             lo_pk, hi_pk = torch.full((P, S, Z), lo, dtype=dt), torch.full((P, S, Z), hi, dtype=dt)
@@ -257,6 +317,10 @@ class ExactEngine:
             lo_col = -shift * on
             self.shift_col = shift.to(self.dtype).view(self.cols, Z, 1).to(self.device)
             self.a_col = (on / step).to(self.dtype).view(self.cols, Z, 1).to(self.device)
+            if self.mismatch is not None:  # per ADC: the gain error scales the code, the offset adds to it
+                a64 = (on / step).view(self.cols, Z, 1)
+                self.adc_gain = [((1.0 + g.cpu()) * a64).to(self.dtype).to(self.device) for _, g in self.mismatch]
+                self.adc_offset = [o.to(self.dtype).to(self.device) for o, _ in self.mismatch]
             value_step = step
         else:
             value_step = torch.full_like(lo_col, on)
@@ -267,6 +331,13 @@ class ExactEngine:
         self.Mz = (M.t()[:, :, None] * (value_step * wz)[None]).reshape(C, -1).to(self.dtype).to(self.device)
         self.const = (self.num_subarrays * ((lo_col * wz).sum(1) @ M)).to(self.dtype).view(-1, 1).to(self.device)
         self.Mvalue = (M.t()[:, :, None] * wz[None]).reshape(C, -1).to(self.dtype).to(self.device)
+
+    def _widen(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Calibrated range widened by ``adc_range_margin`` of its width on each side; never below the smallest
+        possible partial sum (0 for non-negative planes) unless the calibration itself went there."""
+        width = (hi - lo) * self.cfg.adc_range_margin
+        floor = torch.minimum(lo, torch.full_like(lo, self.full_scale()[0]))
+        return torch.maximum(lo - width, floor), hi + width
 
     # ---- forward ---------------------------------------------------------------------------------------------
     def out_hw(self, q: Tensor) -> tuple[int, int]:
@@ -308,9 +379,35 @@ class ExactEngine:
             v = planes.as_strided((g.in_channels, kh, kw, self.Z, bc, Ho, Wo), (sc, dh, dw, sz, sb, th, tw), off)
         return v.reshape(self.rows_total, -1)
 
-    def _sums(self, X: Tensor) -> list[Tensor]:
-        """Exact partial sums per sub-array group: each (n, cols, Z * pixels), grid units (physical = (1-1/R) O)."""
-        return [torch.bmm(w, X[s:s + n * r].view(n, r, -1)) for (s, n, r), w in zip(self.groups, self.weights)]
+    def _sums(self, X: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Partial sums per sub-array group: each (n, cols, Z * pixels), grid units (physical = (1-1/R) O).
+        Exact without read/input noise; with them, one draw per partial sum / applied input (see module doc)."""
+        var = None
+        if self.read_std > 0:
+            X2 = X * X if self.parallel else X  # bit planes are 0/1
+            var = [torch.bmm(w, X2[s:s + n * r].view(n, r, -1)) for (s, n, r), w in zip(self.groups, self.weights_sq)]
+        if self.input_std > 0:
+            X = X + torch.randn(X.shape, generator=generator, dtype=X.dtype, device=X.device).mul_(self.input_std)
+        out = [torch.bmm(w, X[s:s + n * r].view(n, r, -1)) for (s, n, r), w in zip(self.groups, self.weights)]
+        if var is not None:
+            for o, v in zip(out, var):
+                noise = torch.randn(o.shape, generator=generator, dtype=o.dtype, device=o.device)
+                o.add_(noise.mul_(v.clamp_(min=0).sqrt_()).mul_(self.read_std))
+        return out
+
+    def _convert(self, gi: int, o: Tensor) -> Tensor:
+        """ADC codes (in place) of group ``gi``'s partial sums ``o`` (n, cols, Z * pixels), summed over its
+        sub-arrays: (cols, Z * pixels). Without quantization, the sums themselves."""
+        if self.quantize:
+            ov = o.view(o.shape[0], self.cols, self.Z, -1)
+            top = float(2 ** self.cfg.adc_bits - 1)  # type: ignore[operator]
+            ov.add_(self.shift_col)
+            if self.mismatch is not None:
+                ov.mul_(self.adc_gain[gi]).add_(self.adc_offset[gi])
+            else:
+                ov.mul_(self.a_col)
+            ov.clamp_(0.0, top).round_()
+        return o.sum(0) if o.shape[0] > 1 else o[0]
 
     def _chunks(self, q: Tensor) -> tuple[Tensor, int, int, int, list[tuple[int, int]]]:
         Ho, Wo = self.out_hw(q)
@@ -320,62 +417,92 @@ class ExactEngine:
         bc = max(1, CHUNK_ELEMENTS // max(per_image, 1))
         return planes, B, Ho, Wo, [(b, min(bc, B - b)) for b in range(0, B, bc)]
 
-    def levels(self, q: Tensor) -> Tensor:
+    def levels(self, q: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Signed output in units of (weight level x input level): (C_out, B * Ho * Wo)."""
         if self.use_adc and self.cfg.adc_range == "dynamic":
-            return self._levels_dynamic(q)
+            return self._levels_dynamic(q, generator)
         planes, B, Ho, Wo, chunks = self._chunks(q)
         L = Ho * Wo
         out = torch.empty(self.C_out, B * L, dtype=self.dtype, device=self.device)
-        top = float(2 ** self.cfg.adc_bits - 1) if self.quantize else 0.0  # type: ignore[operator]
         for b0, bc in chunks:
-            acc = None
-            for o in self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo)):
-                if self.quantize:
-                    ov = o.view(o.shape[0], self.cols, self.Z, -1)
-                    ov.add_(self.shift_col).mul_(self.a_col).clamp_(0.0, top).round_()
-                o = o.sum(0) if o.shape[0] > 1 else o[0]
-                acc = o if acc is None else acc.add_(o)
-            assert acc is not None
-            torch.addmm(self.const, self.Mz, acc.view(self.cols * self.Z, bc * L), out=out[:, b0 * L:(b0 + bc) * L])
+            sums = self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo), generator)
+            self._accumulate(sums, out[:, b0 * L:(b0 + bc) * L])
         return out
 
-    def adc_outputs(self, q: Tensor) -> Tensor:
+    def _accumulate(self, sums: list[Tensor], out: Tensor) -> None:
+        """Convert one chunk's partial sums and recombine them digitally into ``out`` (C_out, chunk pixels)."""
+        acc = None
+        for gi, o in enumerate(sums):
+            o = self._convert(gi, o)
+            acc = o if acc is None else acc.add_(o)
+        assert acc is not None
+        torch.addmm(self.const, self.Mz, acc.view(self.cols * self.Z, -1), out=out)
+
+    def calibrate_forward(self, q: Tensor, step_in: Tensor, bias: Tensor | None,
+                          generator: torch.Generator | None = None) -> Tensor:
+        """Per-chip calibration and the layer's output in one pass: the partial sums of the whole batch are kept
+        (when they fit in ``CALIBRATION_MEMORY_BYTES``), their min/max fix the ADC ranges, then they are converted.
+        Larger layers observe first and compute again."""
+        planes, B, Ho, Wo, chunks = self._chunks(q)
+        L = Ho * Wo
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        if self.num_subarrays * self.cols * self.Z * B * L * itemsize > CALIBRATION_MEMORY_BYTES:
+            self.set_ranges(self.observe_ranges(q, None, generator))
+            return self.forward(q, step_in, bias, generator)
+        kept = [self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo), generator) for b0, bc in chunks]
+        stats = None
+        for sums in kept:
+            stats = self._observe(sums, stats)
+        assert stats is not None
+        self.set_ranges(self._ranges(stats))
+        out = torch.empty(self.C_out, B * L, dtype=self.dtype, device=self.device)
+        for (b0, bc), sums in zip(chunks, kept):
+            self._accumulate(sums, out[:, b0 * L:(b0 + bc) * L])
+        return self._finish(out, q, step_in, bias)
+
+    def adc_outputs(self, q: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """For inspection and tests: the physical values (G_max = 2^c - 1 units) the ADC outputs for every partial
-        sum, shape (sub-arrays, cols, Z, B * Ho * Wo); with an ideal ADC, the exact partial sums themselves."""
+        sum, as the digital periphery decodes them, shape (sub-arrays, cols, Z, B * Ho * Wo); with an ideal ADC,
+        the partial sums themselves."""
         planes, _, Ho, Wo, chunks = self._chunks(q)
-        top = float(2 ** self.cfg.adc_bits - 1) if self.quantize else 0.0  # type: ignore[operator]
         parts = []
         for b0, bc in chunks:
             groups = []
-            for o in self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo)):
+            for gi, o in enumerate(self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo), generator)):
                 ov = o.view(o.shape[0], self.cols, self.Z, -1)
                 if self.quantize:
-                    ov.add_(self.shift_col).mul_(self.a_col).clamp_(0.0, top).round_()
+                    self._convert(gi, o)
                     ov.div_(self.a_col).sub_(self.shift_col)
                 groups.append(ov * self.on)
             parts.append(torch.cat(groups))
         return torch.cat(parts, dim=-1)
 
-    def _levels_dynamic(self, q: Tensor) -> Tensor:
+    def _levels_dynamic(self, q: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """NeuroSim's per-batch ADC: every (sub-array, plane, slice) partial sum is converted with the min/max of
-        the whole batch (batch x channels x pixels); the reference column likewise. Two passes over the batch."""
+        the whole batch (batch x channels x pixels); the reference column likewise. Two passes over the batch.
+        Noise-free partial sums are exact multiples of the grid ``2^-m``: the floor is taken on those exact
+        integers, so a partial sum on a step boundary gets NeuroSim's code."""
         bits = self.cfg.adc_bits
         assert bits is not None
         planes, B, Ho, Wo, chunks = self._chunks(q)
-        L, on, PS, C, Z = Ho * Wo, self.on, self.P * self.S, self.C_out, self.Z
+        L, PS, C, Z = Ho * Wo, self.P * self.S, self.C_out, self.Z
+        noisy = self.read_std > 0 or self.input_std > 0
 
         def parts(o: Tensor, n: int) -> tuple[Tensor, Tensor | None]:
-            ph = (o * on).view(o.shape[0], self.cols, Z, n)
+            ph = o.view(o.shape[0], self.cols, Z, n)
             w = ph[:, : PS * C].reshape(o.shape[0], PS, C, Z, n)
             return w, (ph[:, -1] if self.has_ref else None)
 
+        kept: list[list[Tensor]] = []
         lo: list[Tensor] = []
         hi: list[Tensor] = []
         rlo: list[Tensor] = []
         rhi: list[Tensor] = []
         for i, (b0, bc) in enumerate(chunks):
-            for gi, o in enumerate(self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo))):
+            sums = self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo), generator)
+            if noisy:  # the noise draws that set the range must be the ones converted: keep them
+                kept.append(sums)
+            for gi, o in enumerate(sums):
                 w, r = parts(o, bc * L)
                 wl, wh = w.amin(dim=(2, 4)), w.amax(dim=(2, 4))  # (n, PS, Z)
                 if i == 0:
@@ -387,24 +514,45 @@ class ExactEngine:
                     if r is not None:
                         rlo[gi], rhi[gi] = torch.minimum(rlo[gi], r.amin(dim=2)), torch.maximum(rhi[gi], r.amax(dim=2))
         out = torch.empty(C, B * L, dtype=self.dtype, device=self.device)
-        for b0, bc in chunks:
+        conv = _dynamic_convert if noisy else self._floor_exact
+        for i, (b0, bc) in enumerate(chunks):
+            sums = kept[i] if noisy else self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo))
             acc = None
-            for gi, o in enumerate(self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo))):
+            for gi, o in enumerate(sums):
                 w, r = parts(o, bc * L)
-                wq = _dynamic_convert(w, lo[gi][:, :, None, :, None], hi[gi][:, :, None, :, None], bits)
+                wq = conv(w, lo[gi][:, :, None, :, None], hi[gi][:, :, None, :, None], bits)
                 vals = [wq.reshape(o.shape[0], PS * C, Z, bc * L)]
                 if r is not None:
-                    vals.append(_dynamic_convert(r, rlo[gi][:, :, None], rhi[gi][:, :, None], bits).unsqueeze(1))
+                    vals.append(conv(r, rlo[gi][:, :, None], rhi[gi][:, :, None], bits).unsqueeze(1))
                 v = torch.cat(vals, dim=1).sum(0)
                 acc = v if acc is None else acc.add_(v)
             assert acc is not None
-            torch.mm(self.Mvalue, acc.view(self.cols * Z, bc * L), out=out[:, b0 * L:(b0 + bc) * L])
+            torch.mm(self.Mvalue, acc.view(self.cols * Z, bc * L).mul_(self.on), out=out[:, b0 * L:(b0 + bc) * L])
         return out
 
-    def forward(self, q: Tensor, step_in: Tensor, bias: Tensor | None) -> Tensor:
-        """Layer output from integer input levels ``q`` (the layer's input is ``q * step_in``)."""
-        lev = self.levels(q).to(torch.float32)
-        y = lev * (self.scale / float(2**self.cfg.weight_bits - 1) * step_in)
+    def _floor_exact(self, v: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
+        """NeuroSim's floor ADC on exact grid values: ``code = floor((v - lo) 2^bits / (hi - lo))`` in integer
+        arithmetic, clamped to ``[0, 2^bits - 1]``, decoded as ``lo + code (hi - lo) / 2^bits``; ``hi == lo``
+        passes the values through. Inputs and result in grid units (the engine's dtype)."""
+        g = self.grid
+        n, a, b = (torch.round(t.double() * g) for t in (v, lo, hi))
+        span = b - a
+        if float(n.abs().max()) * 2.0 ** (bits + 1) < 2.0**62:
+            num = (n - a).to(torch.int64) * (2**bits)
+            code = torch.div(num, span.clamp(min=1).to(torch.int64), rounding_mode="floor").double()
+        else:  # too large for int64: float64 (exact unless the quotient is within 2^-52 of an integer)
+            code = torch.floor((n - a) * 2.0**bits / span.clamp(min=1))
+        code = code.clamp_(0, 2**bits - 1)
+        value = (a + code * span / 2.0**bits) / g
+        return torch.where(span > 0, value, v.double()).to(self.dtype)
+
+    def forward(self, q: Tensor, step_in: Tensor, bias: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
+        """Layer output from integer input levels ``q`` (the layer's input is ``q * step_in``); ``generator``
+        draws the per-read noise."""
+        return self._finish(self.levels(q, generator), q, step_in, bias)
+
+    def _finish(self, lev: Tensor, q: Tensor, step_in: Tensor, bias: Tensor | None) -> Tensor:
+        y = lev.to(self.out_dtype) * (self.scale / float(2**self.cfg.weight_bits - 1) * step_in)
         if self.geom.kind == "linear":
             y = y.t().reshape(*q.shape[:-1], self.C_out)
             return y if bias is None else y + bias
@@ -414,31 +562,41 @@ class ExactEngine:
         return y
 
     # ---- calibration -------------------------------------------------------------------------------------------
-    def observe_ranges(self, q: Tensor, ranges: PartialSumRanges | None) -> PartialSumRanges:
+    def observe_ranges(self, q: Tensor, ranges: PartialSumRanges | None,
+                       generator: torch.Generator | None = None) -> PartialSumRanges:
         """Min/max of the physical partial sums of input levels ``q`` per (P, S) and for the reference column,
         merged into ``ranges``."""
         planes, _, Ho, Wo, chunks = self._chunks(q)
-        on, PS, C, Z = self.on, self.P * self.S, self.C_out, self.Z
-        lo = torch.full((PS, Z), math.inf, dtype=torch.float64)
-        hi = torch.full((PS, Z), -math.inf, dtype=torch.float64)
-        rlo = torch.full((Z,), math.inf, dtype=torch.float64)
-        rhi = torch.full((Z,), -math.inf, dtype=torch.float64)
+        stats = None
         for b0, bc in chunks:
-            for o in self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo)):
-                ov = o.view(o.shape[0], self.cols, Z, -1)
-                w = ov[:, : PS * C].reshape(o.shape[0], PS, C, Z, -1)
-                lo = torch.minimum(lo, w.amin(dim=(0, 2, 4)).double().cpu() * on)
-                hi = torch.maximum(hi, w.amax(dim=(0, 2, 4)).double().cpu() * on)
-                if self.has_ref:
-                    rlo = torch.minimum(rlo, ov[:, -1].amin(dim=(0, 2)).double().cpu() * on)
-                    rhi = torch.maximum(rhi, ov[:, -1].amax(dim=(0, 2)).double().cpu() * on)
-        lo, hi = lo.view(self.P, self.S, Z), hi.view(self.P, self.S, Z)
+            stats = self._observe(self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo), generator), stats)
+        assert stats is not None
+        out = self._ranges(stats)
         if ranges is not None:
-            lo, hi = torch.minimum(lo, ranges.lo.double()), torch.maximum(hi, ranges.hi.double())
-            rlo, rhi = torch.minimum(rlo, ranges.ref_lo.double()), torch.maximum(rhi, ranges.ref_hi.double())
-        if not self.has_ref:
-            rlo, rhi = torch.zeros(Z, dtype=torch.float64), torch.zeros(Z, dtype=torch.float64)
-        return PartialSumRanges(lo, hi, rlo, rhi)
+            out = PartialSumRanges(torch.minimum(out.lo, ranges.lo.double()), torch.maximum(out.hi, ranges.hi.double()),
+                                   torch.minimum(out.ref_lo, ranges.ref_lo.double()),
+                                   torch.maximum(out.ref_hi, ranges.ref_hi.double()))
+        return out
+
+    def _observe(self, sums: list[Tensor], stats: list[Tensor] | None) -> list[Tensor]:
+        """Running min/max (grid units) of one chunk's partial sums: [lo (PS, Z), hi, ref_lo (Z,), ref_hi]."""
+        PS, C, Z = self.P * self.S, self.C_out, self.Z
+        for o in sums:
+            mn, mx = torch.aminmax(o.view(o.shape[0], self.cols, Z, -1), dim=-1)  # one pass over the sums
+            w_lo = mn[:, : PS * C].reshape(-1, PS, C, Z).amin(dim=(0, 2)).double().cpu()
+            w_hi = mx[:, : PS * C].reshape(-1, PS, C, Z).amax(dim=(0, 2)).double().cpu()
+            r_lo = mn[:, -1].amin(dim=0).double().cpu() if self.has_ref else torch.zeros(Z, dtype=torch.float64)
+            r_hi = mx[:, -1].amax(dim=0).double().cpu() if self.has_ref else torch.zeros(Z, dtype=torch.float64)
+            new = [w_lo, w_hi, r_lo, r_hi]
+            stats = new if stats is None else [torch.minimum(stats[0], w_lo), torch.maximum(stats[1], w_hi),
+                                               torch.minimum(stats[2], r_lo), torch.maximum(stats[3], r_hi)]
+        assert stats is not None
+        return stats
+
+    def _ranges(self, stats: list[Tensor]) -> PartialSumRanges:
+        """Physical ranges from the grid-unit min/max of :meth:`_observe`."""
+        lo, hi, rlo, rhi = (t * self.on for t in stats)
+        return PartialSumRanges(lo.view(self.P, self.S, self.Z), hi.view(self.P, self.S, self.Z), rlo, rhi)
 
 
 def _dynamic_convert(v: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:

@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from cim_gym.hardware.chip import Calibration, Chip, program
-from cim_gym.hardware.config import NOISE_SOURCES, CIMConfig
+from cim_gym.hardware.config import CIMConfig, noise_field
 
 __all__ = ["ChipPool", "pool_seed"]
 
@@ -34,7 +34,7 @@ class ChipPool:
     :param chips_per_sigma: independent chips per sigma value (>= 1).
     :param seed: the pool seed (non-negative int).
     :param calibration: shared calibration (``calibrate(qmodel, cfg, x)``), needed for output noise / ADC ranges.
-    :param noise_source: what sigma sets: "programming" (default), "read" or "output".
+    :param noise_source: what sigma sets: a key of ``NOISE_SOURCES`` ("programming" by default, "read", "output", ...).
     :param cache_size: how many programmed chips to keep (LRU; >= 1).
     """
 
@@ -47,8 +47,7 @@ class ChipPool:
         for name, value, lo in (("chips_per_sigma", chips_per_sigma, 1), ("cache_size", cache_size, 1), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
                 raise ValueError(f"{name}={value!r} is not allowed: expected an integer >= {lo}")
-        if noise_source not in NOISE_SOURCES:
-            raise ValueError(f"noise_source={noise_source!r} is not allowed: expected one of {NOISE_SOURCES}")
+        noise_field(noise_source)
         cfg.scaled(noise_source, max(values))  # validates the largest value against the config
         self.qmodel, self.cfg, self.sigmas = qmodel, cfg, tuple(values)
         self.chips_per_sigma, self.seed = int(chips_per_sigma), int(seed)

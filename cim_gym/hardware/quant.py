@@ -30,13 +30,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cim_gym.hardware import cells
-from cim_gym.hardware.config import NOISE_SOURCES, CIMConfig
+from cim_gym.hardware.config import CIMConfig, noise_field
+from cim_gym.hardware.exact import input_planes
 
 __all__ = [
     "QuantConv2d",
     "QuantLayer",
     "QuantLinear",
     "analog_layer_names",
+    "check_layer_input",
     "inject_noise",
     "init_input_ranges",
     "input_levels",
@@ -89,6 +91,23 @@ def quantize_input(x: Tensor, input_range: Tensor, bits: int, signed: bool) -> T
     return xq
 
 
+def check_layer_input(layer: nn.Module, x: Tensor) -> None:
+    """A clear error when ``x`` cannot be the input of ``layer`` (a Conv2d takes ``(batch, C_in, H, W)``, a Linear
+    ``(..., in_features)``, both in the layer's dtype), instead of a failure deep inside torch."""
+    weight = layer.weight
+    name = getattr(layer, "layer_name", None)
+    who = f"layer {name!r}" if name else f"the {type(layer).__name__}"
+    if isinstance(layer, nn.Conv2d):
+        ok = isinstance(x, Tensor) and x.dim() == 4 and x.shape[1] == layer.in_channels
+        expect = f"shape (batch, {layer.in_channels}, height, width)"
+    else:
+        ok = isinstance(x, Tensor) and x.dim() >= 1 and x.shape[-1] == layer.in_features  # type: ignore[union-attr]
+        expect = f"shape (..., {layer.in_features})"  # type: ignore[union-attr]
+    if not ok or x.dtype != weight.dtype:
+        got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, Tensor) else f"a {type(x).__name__}"
+        raise ValueError(f"{who} expects an input of {expect} and dtype {weight.dtype}; got {got}")
+
+
 # ---- noise injection state ---------------------------------------------------------------------------------
 @dataclass
 class _NoiseSpec:
@@ -138,11 +157,28 @@ class QuantLayer:
             )
 
     def quant_input(self, x: Tensor) -> Tensor:
+        check_layer_input(self, x)  # type: ignore[arg-type]
         if self.training:
             self.observe_input(x)
         else:
             self.check_calibrated()
-        return quantize_input(x, self.input_range, self.input_bits, bool(self.signed_input))
+        xq = quantize_input(x, self.input_range, self.input_bits, bool(self.signed_input))
+        spec = self._noise
+        if spec is not None and spec.cfg.input_noise > 0:
+            xq = xq + self._input_noise(xq, spec)
+        return xq
+
+    def _input_noise(self, x: Tensor, spec: _NoiseSpec) -> Tensor:
+        """Word-line noise in input units: ``input_noise`` x the largest plane value, summed over read cycles with
+        their digital weights (bit-serial) -- a detached additive term."""
+        parallel = spec.cfg.input_feeding == "parallel"
+        lut, wz, _ = input_planes(self.input_bits, bool(self.signed_input), parallel)
+        top = float(max(2 ** (self.input_bits - 1) - 1, 1) if bool(self.signed_input) else 2**self.input_bits - 1)
+        step = self.input_range.clamp_min(1e-12) / top
+        std = spec.cfg.input_noise * float(lut.abs().max()) * float(wz.square().sum().sqrt()) * step
+        with torch.no_grad():
+            noise = torch.randn(x.shape, generator=spec.generator, dtype=x.dtype, device=x.device)
+        return noise * std
 
     # -- weights -----------------------------------------------------------------------------------------------
     def quant_weight(self) -> Tensor:
@@ -155,10 +191,17 @@ class QuantLayer:
             levels = cells.weight_levels(self.weight.detach() / s, self.weight_bits)
             u = cells.cell_states(levels, spec.cfg)
             u = cells.apply_variation(u, spec.cfg, spec.cfg.sigma, spec.generator)
+            stuck = None
+            if spec.cfg.stuck_at_gmin > 0 or spec.cfg.stuck_at_gmax > 0:
+                stuck = cells.stuck_at_masks(u.shape, spec.cfg, spec.generator, u.device)
+                u = cells.apply_stuck(u, stuck, spec.cfg)
+            programmed = u
             u = cells.apply_drift(u, spec.cfg, spec.generator)
+            if stuck is not None:
+                u = cells.apply_stuck(u, stuck, spec.cfg)
             alpha = None
             if spec.cfg.drift_compensation and spec.cfg.drift_active:
-                alpha = _compensation(levels, u, spec.cfg)
+                alpha = _compensation(programmed, u, spec.cfg)
             u = cells.apply_read_noise(u, spec.cfg, spec.cfg.read_noise, spec.generator)
             noisy = cells.dequantize(cells.readout_levels(u, spec.cfg, alpha), s, self.weight_bits)
         return wq + (noisy - wq).detach()
@@ -173,11 +216,11 @@ class QuantLayer:
         return y + noise * (span * spec.cfg.output_noise)
 
 
-def _compensation(levels: Tensor, u: Tensor, cfg: CIMConfig) -> Tensor:
-    """Global drift compensation of one layer: sum of programmed conductances / sum at time t (noise-free t0)."""
-    ref = cells.cell_states(levels, cfg)
+def _compensation(programmed: Tensor, u: Tensor, cfg: CIMConfig) -> Tensor:
+    """Global drift compensation of one layer as the chip measures it: total weight-column current for an all-ones
+    input right after programming / the same at time t (float64 sums)."""
     k = cells.g0(cfg)
-    return (ref + k).sum() / (u + k).sum()
+    return ((programmed.double() + k).sum() / (u.double() + k).sum()).to(u.dtype)
 
 
 class QuantConv2d(nn.Conv2d, QuantLayer):
@@ -258,10 +301,17 @@ def quantize_model(model: nn.Module, cfg: CIMConfig, example_input: Tensor | Non
     :param example_input: optional batch; if given, one forward in eval mode (BatchNorm statistics untouched)
         sets every layer's ``input_range`` to the max |input| it sees.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
+    if not isinstance(cfg, CIMConfig):
+        raise TypeError(f"cfg must be a CIMConfig, not {type(cfg).__name__}")
     qmodel = copy.deepcopy(model)
     layers = quant_layers(qmodel)
-    for i, (_, m) in enumerate(layers):
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no nn.Conv2d / nn.Linear layer to quantize")
+    for i, (name, m) in enumerate(layers):
         _convert(m, cfg, signed=(i == 0))
+        m.__dict__["layer_name"] = name
     if example_input is not None:
         init_input_ranges(qmodel, example_input)
     return qmodel
@@ -305,12 +355,16 @@ def inject_noise(
 
     :param sigma: if given, ``cfg.scaled(source, sigma)`` sets the std of that noise source.
     :param generator: a ``torch.Generator`` on the model's device (None: the global RNG; avoid for reproducibility).
-    :param source: "programming", "read" or "output" (which noise ``sigma`` scales).
+    :param source: which noise ``sigma`` sets: a key of ``NOISE_SOURCES`` except the ADC mismatch ones.
 
     Output noise uses the current batch's output range (max - min, detached) in place of a calibrated range.
+    Read noise is drawn per weight and forward (not per read, as a chip draws it); input noise is added to each
+    input value once (not once per read of it); stuck-at faults are drawn anew at every forward.
     """
-    if source not in NOISE_SOURCES:
-        raise ValueError(f"source={source!r} is not allowed: expected one of {NOISE_SOURCES}")
+    noise_field(source)
+    if source in ("adc_offset", "adc_gain"):
+        raise ValueError(f"source={source!r} is not allowed here: ADC mismatch acts on a chip's partial sums, which "
+                         "noise injection does not compute; program chips to study it")
     if sigma is not None:
         cfg = cfg.scaled(source, sigma)
     modules = dict(quant_layers(qmodel))
