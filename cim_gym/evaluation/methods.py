@@ -96,7 +96,7 @@ def exit_by_entropy(logits: torch.Tensor, thresholds: np.ndarray) -> np.ndarray:
     """BranchyNet's rule on all exits' logits (E, B, C): the first exit whose softmax entropy (nats) is below its
     threshold, else the last exit. ``thresholds`` has E-1 entries (or one per sample, (B, E-1))."""
     logp = torch.log_softmax(logits.double(), dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1)[:-1].T.cpu().numpy()  # (B, E-1)
+    entropy = -(logp.exp() * logp).sum(-1)[:-1].T.detach().cpu().numpy()  # (B, E-1)
     below = entropy < np.asarray(thresholds, dtype=np.float64)
     return np.where(below.any(1), below.argmax(1), logits.shape[0] - 1)
 
@@ -126,7 +126,7 @@ def choose_entropy_threshold(logits: torch.Tensor, labels: torch.Tensor, exit_ma
         raise ValueError(f"target={target!r} is not allowed: expected "
                          + ("a fraction in [0, 1]" if rule == "exit-rate" else "a finite number of accuracy points >= 0"))
     num_exits, _, num_classes = logits.shape
-    preds = logits.argmax(-1).cpu().numpy()  # (E, B)
+    preds = logits.argmax(-1).detach().cpu().numpy()  # (E, B)
     y = labels.cpu().numpy()
     full = 100.0 * float((preds[-1] == y).mean())
     chosen: tuple[float, dict[str, float]] | None = None

@@ -1,0 +1,250 @@
+"""The evaluation engine: shared chips, oracles as bounds, outputs that parse, paired intervals, no test leakage,
+resume or refuse, and Ray == serial."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import cim_gym  # noqa: F401  (registers the environments)
+from cim_gym.evaluation import (
+    EntropyExits,
+    FixedDepth,
+    PolicyMethod,
+    StaticMask,
+    SweepMismatchError,
+    SweepSpec,
+    mean_interval,
+    paired_interval,
+    run_sweep,
+    static_mask,
+)
+from cim_gym.evaluation.methods import choose_entropy_threshold, exit_by_entropy
+from cim_gym.evaluation.report import ORACLE_FIXED_SIGMA, ORACLE_IMAGE, ORACLE_STATIC_CHIP, read_csv
+from cim_gym.evaluation.sweep import Engine
+from cim_gym.hardware.pool import pool_seed
+
+SPEC = SweepSpec(dataset="digits", sigmas=(0.0, 0.1, 0.2), chips=3, images=60, seed=7)
+OBSERVED: dict[str, list[dict[str, np.ndarray]]] = {"aware": [], "hidden": []}
+
+
+def aware_policy(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """Runs every block at low sigma, drops the last block of each stage above 0.05 (ResNet-14: 6 blocks)."""
+    OBSERVED["aware"].append(obs)
+    keep = np.ones((len(obs["features"]), 6), dtype=np.int8)
+    keep[obs["sigma"][:, 0] > 0.05] = [1, 0, 1, 0, 1, 0]
+    return keep
+
+
+def hidden_policy(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """Drops the second block of each stage for images whose first feature is above its median."""
+    OBSERVED["hidden"].append(obs)
+    f = obs["features"][:, 0]
+    keep = np.ones((len(f), 6), dtype=np.int8)
+    keep[f > np.median(f)] = [1, 0, 1, 0, 1, 0]
+    return keep
+
+
+def methods() -> list[Any]:
+    env = {"dataset": "digits", "depth": 14, "sigmas": list(SPEC.sigmas)}
+    return [
+        FixedDepth(depth=8),
+        FixedDepth(depth=14),
+        StaticMask(depth=14, drop_per_stage=0, name="mask-keep-all"),
+        StaticMask(depth=14, drop_per_stage=1),
+        EntropyExits(name="branchynet-lenient", depth=32, target=0.8),
+        EntropyExits(name="branchynet-strict", depth=32, target=0.3),
+        PolicyMethod.from_env("aware", aware_policy, "CIMBlockDrop-v0", env, policy_macs=100),
+        PolicyMethod.from_env("hidden", hidden_policy, "CIMBlockDrop-v0", {**env, "observe_sigma": False}, 50),
+    ]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    out = tmp_path_factory.mktemp("sweep") / "eval"
+    return run_sweep(SPEC, methods(), out, command="pytest", progress=False)
+
+
+def test_every_method_sees_the_same_chips(sweep: Any) -> None:
+    rows = read_csv(sweep.out / "results.csv")
+    real = [r for r in rows if r["role"] != "oracle"]
+    for s in range(len(SPEC.sigmas)):
+        for c in range(SPEC.chips):
+            cell = [r for r in real if int(r["sigma_index"]) == s and int(r["chip"]) == c]
+            assert {int(r["chip_seed"]) for r in cell} == {pool_seed(SPEC.seed, s, c)}
+            for backbone in {r["backbone"] for r in cell}:
+                assert len({r["chip_fingerprint"] for r in cell if r["backbone"] == backbone}) == 1
+    # the same chip, the same images, the same path: identical outcomes image by image
+    for cell in sweep.cells:
+        m = cell["methods"]
+        if "fixed-resnet14" in m:
+            assert m["fixed-resnet14"]["correct"] == m["mask-keep-all"]["correct"]
+    fingerprints = {(c["key"][0], c["key"][1], c["key"][2], c["key"][3]): c["fingerprint"] for c in sweep.cells}
+    assert fingerprints[("blockdrop", 14, 1, 0)] != fingerprints[("blockdrop", 14, 1, 1)]  # chips do differ
+
+
+def test_policies_get_exactly_their_environments_observation(sweep: Any) -> None:
+    aware, hidden = OBSERVED["aware"][-1], OBSERVED["hidden"][-1]
+    assert set(aware) == {"features", "sigma"} and set(hidden) == {"features"}
+    engine = Engine(SPEC, [m for m in methods() if m.name == "aware"])
+    ctx = engine.contexts[("blockdrop", 14)]
+    ids = ctx.image_ids
+    envs = gym.make_vec("CIMBlockDrop-v0", num_envs=len(ids), vectorization_mode="vector_entry_point", dataset="digits",
+                        depth=14, split="test", sigmas=SPEC.sigmas, chips_per_sigma=SPEC.chips, chip_seed=SPEC.seed)
+    obs, info = envs.reset(seed=0, options={"sigma": 0.2, "chip": 1, "image": ids})
+    mine = ctx.observe({"dataset": "digits", "depth": 14}, ids, np.full(len(ids), ctx.pool.chip_index(2, 1)))
+    assert set(mine) == set(obs)
+    for k in obs:
+        np.testing.assert_array_equal(mine[k], obs[k])
+    envs.close()
+
+
+def test_oracles_bound_the_methods(sweep: Any) -> None:
+    rows = read_csv(sweep.out / "results.csv")
+    acc = {(r["method"], int(r["sigma_index"]), int(r["chip"])): float(r["accuracy"]) for r in rows}
+    names = {r["method"] for r in rows if r["role"] != "oracle"}
+    for s in range(len(SPEC.sigmas)):
+        for c in range(SPEC.chips):
+            for m in names:
+                assert acc[(ORACLE_IMAGE, s, c)] >= acc[(m, s, c)]
+                if m.startswith(("fixed-", "mask-")):
+                    assert acc[(ORACLE_STATIC_CHIP, s, c)] >= acc[(m, s, c)]
+        for m in ("fixed-resnet8", "fixed-resnet14"):
+            oracle = np.mean([acc[(ORACLE_FIXED_SIGMA, s, c)] for c in range(SPEC.chips)])
+            assert oracle >= np.mean([acc[(m, s, c)] for c in range(SPEC.chips)])
+
+
+def test_outputs_are_written_and_parse(sweep: Any) -> None:
+    import matplotlib.image
+
+    rows = read_csv(sweep.out / "results.csv")
+    assert len([r for r in rows if r["role"] != "oracle"]) == len(methods()) * len(SPEC.sigmas) * SPEC.chips
+    decision = {r["method"]: int(r["decision_macs"]) for r in rows}
+    assert decision["fixed-resnet8"] == 0 and decision["aware"] > 100 and decision["aware"] - decision["hidden"] == 50
+    config = json.loads((sweep.out / "config.json").read_text())
+    assert config["command"] == "pytest" and config["package_version"] == cim_gym.__version__
+    assert all(len(b["sha256"]) == 64 for b in config["backbones"].values())
+    assert config["chip_seeds"]["0.1"] == [pool_seed(SPEC.seed, 1, c) for c in range(SPEC.chips)]
+    lenient = next(m for m in config["sweep"]["methods"] if m["name"] == "branchynet-lenient")
+    strict = next(m for m in config["sweep"]["methods"] if m["name"] == "branchynet-strict")
+    assert lenient["threshold_nats"] > strict["threshold_nats"]
+    summary = (sweep.out / "summary.md").read_text()
+    for heading in ("## Accuracy", "## Compute", "## Paired differences", "## Where the noise-aware methods do not win",
+                    "## Pareto front"):
+        assert heading in summary
+    assert "| aware | fixed-resnet14 |" in summary
+    for name in ("accuracy_vs_sigma.png", "compute_vs_sigma.png", "pareto.png"):
+        image = matplotlib.image.imread(sweep.out / name)
+        assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_rerun_resumes_and_another_sweep_is_refused(sweep: Any, tmp_path: Path) -> None:
+    again = run_sweep(SPEC, methods(), sweep.out, command="pytest", progress=False, report=False)
+    assert again.ran == 0 and again.cells == sweep.cells
+    other = SweepSpec(**{**SPEC.to_dict(), "chips": 2})
+    with pytest.raises(SweepMismatchError, match="spec.chips"):
+        run_sweep(other, methods(), sweep.out, progress=False)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SweepMismatchError, match="not an evaluation folder"):
+        run_sweep(SPEC, [FixedDepth(depth=8)], tmp_path, progress=False)
+
+
+def test_paired_interval_of_a_method_with_itself_is_exactly_zero(sweep: Any) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(80, 10, size=7)
+    iv = paired_interval(x, x)
+    assert (iv.mean, iv.half_width, iv.n) == (0.0, 0.0, 7)
+    assert "| mask-keep-all | fixed-resnet14 |" not in (sweep.out / "summary.md").read_text()  # baselines: not paired
+    with pytest.raises(ValueError, match="one entry per chip"):
+        paired_interval(x, x[:3])
+
+
+def test_intervals_shrink_as_chips_grow() -> None:
+    rng = np.random.default_rng(1)
+    chips = rng.normal(70.0, 12.0, size=320)
+    widths = [mean_interval(chips[:n]).half_width for n in (5, 20, 80, 320)]
+    assert all(a > b for a, b in zip(widths, widths[1:]))
+    assert mean_interval([3.0]).half_width == 0.0
+    with pytest.raises(ValueError, match="values="):
+        mean_interval([])
+
+
+def test_thresholds_never_read_the_test_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cim_gym.data
+
+    spec = SweepSpec(dataset="digits", sigmas=(0.0,), chips=1, images=0)
+
+    def thresholds() -> tuple[list[float], list[float]]:
+        ms = [EntropyExits(name="a", target=0.8), EntropyExits(name="b", rule="accuracy-drop", target=0.5)]
+        engine = Engine(spec, ms)
+        cell = engine.run_cell(engine.cells()[0])
+        return [m.threshold for m in ms], [cell["methods"][m.name]["accuracy"] for m in ms]
+
+    clean, clean_acc = thresholds()
+    real = cim_gym.data.load_dataset
+
+    def poisoned(*args: Any, **kwargs: Any) -> Any:
+        data = real(*args, **kwargs)
+        g = np.random.default_rng(0)
+        data.test.labels = data.test.labels[g.permutation(len(data.test.labels))]
+        data.test.images = data.test.images.flip(2)
+        return data
+
+    monkeypatch.setattr(cim_gym.data, "load_dataset", poisoned)
+    dirty, dirty_acc = thresholds()
+    assert dirty == clean
+    assert all(d < c - 20 for d, c in zip(dirty_acc, clean_acc))  # the poison did reach the test split
+
+
+def test_entropy_rule_matches_the_environment() -> None:
+    engine = Engine(SweepSpec(dataset="digits", sigmas=(0.1,), chips=1, images=50), [EntropyExits(target=0.5)])
+    ctx = engine.contexts[("multiexit", 32)]
+    act = ctx.action("CIMExitThresholds-v0")
+    chip = ctx.pool[0]
+    x = ctx.core.images[:50]
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, size=(50, act.num_exits - 1))
+    with torch.no_grad():
+        chip.generator.manual_seed(0)
+        env_exits = act.forward(chip, x, actions)[1]
+        chip.generator.manual_seed(0)
+        mine = exit_by_entropy(chip(x), act.thresholds(actions))
+        logits = chip(ctx.val.images)
+    np.testing.assert_array_equal(mine, env_exits)
+    t, stats = choose_entropy_threshold(logits, ctx.val.labels, act.exits[:, 0], "exit-rate", 0.5)
+    assert stats["val_early_exit_rate"] >= 0.5 and 0 < t <= np.log(10)
+    with pytest.raises(ValueError, match="rule="):
+        choose_entropy_threshold(logits, ctx.val.labels, act.exits[:, 0], "test-set", 0.5)
+
+
+def test_bad_settings_name_the_value() -> None:
+    np.testing.assert_array_equal(static_mask([0, 3, 6], 9, 2), [1, 0, 0, 1, 0, 0, 1, 0, 0])
+    with pytest.raises(ValueError, match="drop_per_stage=3"):
+        static_mask([0, 3, 6], 9, 3)
+    with pytest.raises(ValueError, match="sigmas="):
+        SweepSpec(sigmas=(0.1, 0.0))
+    with pytest.raises(ValueError, match="chips=0"):
+        SweepSpec(chips=0)
+    with pytest.raises(ValueError, match="role="):
+        FixedDepth(depth=8, role="winner")
+    with pytest.raises(ValueError, match="another setting"):
+        Engine(SPEC, [PolicyMethod.from_env("x", aware_policy, "CIMBlockDrop-v0",
+                                            {"dataset": "digits", "depth": 14, "noise_source": "read"}, 0)])
+
+
+def test_ray_and_serial_runs_agree(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="Ray is the optional extra cim-gym[ray]; CI installs it")
+    spec = SweepSpec(dataset="digits", sigmas=(0.0, 0.15), chips=2, images=40, seed=3, noise_source="read")
+    ms = [FixedDepth(depth=8), StaticMask(depth=14, drop_per_stage=1), EntropyExits(name="bn", depth=32, target=0.5),
+          PolicyMethod.from_env("p", lambda obs: (obs["features"][:, :6] > 0).astype(np.int8), "CIMBlockDrop-v0",
+                                {"dataset": "digits", "depth": 14, "noise_source": "read"}, 10)]
+    serial = run_sweep(spec, ms, tmp_path / "serial", progress=False, report=False)
+    parallel = run_sweep(spec, ms, tmp_path / "ray", workers=2, progress=False, report=False)
+    assert parallel.ran == serial.ran == len(serial.cells) == 3 * 2 * 2
+    assert parallel.cells == serial.cells
