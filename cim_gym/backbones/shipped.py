@@ -20,11 +20,12 @@ from typing import Any
 from cim_gym.backbones.checkpoint import SHIPPED_DIR, atomic_write
 
 DIGITS_COMMON = "--dataset digits --epochs 60 --batch-size 64 --seed 0"
-# Fashion-MNIST: 2 epochs without augmentation, trained with --threads 1 (2 CPU cores shared with other jobs; two
-# threads under that load ran 4-5x slower than one). Not converged; more epochs (and augmentation) raise accuracy.
-# The multi-exit one is a ResNet-32: a multi-exit ResNet-56 epoch costs ~1.7x as much and did not fit the time.
-# Digits were trained with --threads 2. (Weights are bitwise reproducible for the same torch build and threads.)
-FASHION_COMMON = "--dataset fashion-mnist --epochs 2 --batch-size 128 --seed 0 --warmup-epochs 0.3 --no-augment"
+# Digits were trained with --threads 2 (QAT throughout). Fashion-MNIST: one recipe for every depth -- random crop +
+# flip, stochastic depth (block-drop), float pretraining for 10 epochs then a 2-epoch quantization-aware finetune at
+# the tail of one cosine schedule (a QAT step costs ~1.6x a float step: benchmarks/bench_training.py), trained with
+# --threads 1 (2 CPU cores shared with other jobs). Weights are bitwise reproducible for the same torch build and
+# thread count. The multi-exit one is a ResNet-32: a multi-exit ResNet-56 epoch costs ~1.8x as much and did not fit.
+FASHION_COMMON = "--dataset fashion-mnist --epochs 12 --float-epochs 10 --batch-size 128 --seed 0"
 
 SHIPPED: dict[str, str] = {
     "digits-resnet8-blockdrop": f"{DIGITS_COMMON} --depth 8 --variant blockdrop",
@@ -46,14 +47,15 @@ def command(name: str) -> str:
     return f"python -m cim_gym.backbones.train {SHIPPED[name]} --ship"
 
 
-def train(names: Sequence[str], threads: int, skip_existing: bool = False) -> None:
+def train(names: Sequence[str], threads: int, skip_existing: bool = False, out: Path | None = None) -> None:
+    """Train (or resume) ``names`` one after the other into the package (or ``out``), with ``threads`` torch threads."""
     from cim_gym.backbones.train import main
 
     for name in names:
         if skip_existing and (SHIPPED_DIR / f"{name}.json").is_file():
             print(f"=== {name}: already shipped, skipped", flush=True)
             continue
-        args = shlex.split(SHIPPED[name]) + ["--ship", "--no-progress"]
+        args = shlex.split(SHIPPED[name]) + (["--ship"] if out is None else ["--out", str(out)]) + ["--no-progress"]
         if threads:
             args += ["--threads", str(threads)]
         print(f"=== {name}: {command(name)}", flush=True)
@@ -146,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--name", nargs="+", default=None, help="only these checkpoints")
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--skip-existing", action="store_true", help="skip checkpoints already in the package")
+    t.add_argument("--out", default=None,
+                   help="write the checkpoints to this folder instead of the package (check them, then copy them in)")
     sub.add_parser("table", help="print the Markdown table of the shipped checkpoints")
     st = sub.add_parser("sigma-table", help="accuracy of shipped checkpoints on noisy chips (programming variation)")
     st.add_argument("--dataset", default=None, help="only this data set's checkpoints")
@@ -176,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out or f"benchmarks/results/shipped_sigma_{args.dataset or 'all'}.csv")
         print(sigma_table(names, args.sigmas, args.chips, args.images, out))
         return 0
-    train(names, args.threads, args.skip_existing)
+    train(names, args.threads, args.skip_existing, None if args.out is None else Path(args.out))
     return 0
 
 

@@ -29,12 +29,14 @@ import dataclasses
 import json
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,6 +49,7 @@ from cim_gym.backbones.checkpoint import (
     cache_dir,
     save_checkpoint,
 )
+from cim_gym.hardware.config import NOISE_SOURCES
 
 FLIP_DATASETS = ("fashion-mnist", "cifar10", "cifar100")
 """Data sets trained with random horizontal flips (not digits / MNIST: a flipped digit is another symbol)."""
@@ -67,6 +70,12 @@ class TrainSettings:
     """"blockdrop" (ResNet, stochastic depth) or "multiexit" (MultiExitResNet, joint exit losses)."""
     epochs: int = 60
     """Training epochs (the schedule spans exactly these)."""
+    float_epochs: int = 0
+    """Float pretraining: the first ``float_epochs`` epochs train the plain model (no fake quantization, ~1.5x
+    cheaper per step); the remaining ``epochs - float_epochs`` are the quantization-aware finetune, at the tail of
+    the same learning-rate schedule. 0: quantization-aware throughout. The model kept is the best of the QAT epochs."""
+    channels_last: bool = False
+    """Model and batches in channels-last memory layout (see ``benchmarks/bench_training.py`` for what it costs)."""
     batch_size: int = 128
     """Mini-batch size."""
     lr: float = 0.1
@@ -125,29 +134,74 @@ class TrainSettings:
         from cim_gym.data import dataset_info
         from cim_gym.models import blocks_per_stage
 
+        for name in ("dataset", "variant", "schedule", "noise_source", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: expected a string")
         dataset_info(self.dataset)
-        blocks_per_stage(self.depth)
         if self.variant not in VARIANTS:
             raise ValueError(f"variant={self.variant!r} is not allowed: expected one of {VARIANTS}")
         if self.schedule not in ("cosine", "onecycle"):
             raise ValueError(f"schedule={self.schedule!r} is not allowed: expected 'cosine' or 'onecycle'")
-        for name in ("epochs", "batch_size"):
+        if self.noise_source not in NOISE_SOURCES:
+            raise ValueError(f"noise_source={self.noise_source!r} is not allowed: expected one of {NOISE_SOURCES}")
+        for name in ("depth", "epochs", "batch_size", "float_epochs", "weight_bits", "input_bits", "seed",
+                     "mask_eval_draws", "threads"):
+            _check_int(name, getattr(self, name))
+            setattr(self, name, int(getattr(self, name)))
+        blocks_per_stage(self.depth)
+        for name in ("epochs", "batch_size", "mask_eval_draws"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: expected a positive integer")
-        if self.survival is not None and not 0.0 < self.survival <= 1.0:
-            raise ValueError(f"survival={self.survival!r} is not allowed: expected a probability in (0, 1]")
+        for name in ("seed", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: expected an integer >= 0")
+        if not 0 <= self.float_epochs < self.epochs:
+            raise ValueError(f"float_epochs={self.float_epochs!r} is not allowed: expected 0 <= float_epochs < "
+                             f"epochs={self.epochs} (at least one quantization-aware epoch)")
+        for name in ("lr", "weight_decay", "warmup_epochs", "noise_aware_sigma", "val_fraction"):
+            _check_float(name, getattr(self, name))
+            setattr(self, name, float(getattr(self, name)))
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr!r} is not allowed: expected a finite number > 0")
+        for name in ("weight_decay", "warmup_epochs", "noise_aware_sigma"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: expected a finite number >= 0")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction={self.val_fraction!r} is not allowed: expected a number in (0, 1)")
+        if self.survival is not None:
+            _check_float("survival", self.survival)
+            self.survival = float(self.survival)
+            if not 0.0 < self.survival <= 1.0:
+                raise ValueError(f"survival={self.survival!r} is not allowed: expected a probability in (0, 1]")
         if self.variant == "multiexit" and self.survival not in (None, 1.0):
             raise ValueError("survival < 1 needs variant='blockdrop' (MultiExitResNet takes no block mask)")
-        if self.noise_aware_sigma < 0:
-            raise ValueError(f"noise_aware_sigma={self.noise_aware_sigma!r} is not allowed: expected >= 0")
-        if self.noise_source not in ("programming", "read", "output"):
-            raise ValueError(f"noise_source={self.noise_source!r} is not allowed: expected programming, read or output")
+        for name in ("augment", "progress", "flush_denormal", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: expected True or False")
+        pick_device(self.device)
+        quant_config(self)  # the weight / input bits, validated by CIMConfig
+        if self.exit_after is not None or self.exit_weights is not None:
+            if self.variant != "multiexit":
+                raise ValueError(f"exit_after / exit_weights need variant='multiexit' (variant={self.variant!r})")
+        if self.exit_after is not None:
+            for t in self.exit_after:
+                _check_int("exit_after", t)
+            self.exit_after = tuple(int(t) for t in self.exit_after)
+        num_exits = None
+        if self.variant == "multiexit":
+            from cim_gym.models import MultiExitResNet
+
+            num_exits = MultiExitResNet(self.depth, 10, 1, exit_after=self.exit_after).num_exits  # validates exit_after
         if self.exit_weights is not None:
+            for w in self.exit_weights:
+                _check_float("exit_weights", w)
             self.exit_weights = tuple(float(w) for w in self.exit_weights)
             if any(w < 0 for w in self.exit_weights) or sum(self.exit_weights) <= 0:
-                raise ValueError(f"exit_weights={self.exit_weights!r} is not allowed: expected non-negative, not all 0")
-        if self.exit_after is not None:
-            self.exit_after = tuple(int(t) for t in self.exit_after)
+                raise ValueError(f"exit_weights={self.exit_weights!r} is not allowed: expected finite, non-negative, "
+                                 "not all 0")
+            if len(self.exit_weights) != num_exits:
+                raise ValueError(f"exit_weights={self.exit_weights!r} is not allowed: the model has {num_exits} exits, "
+                                 f"so {num_exits} weights are needed")
 
     @property
     def name(self) -> str:
@@ -185,15 +239,36 @@ class TrainSettings:
         return " ".join(parts)
 
 
+def _check_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name}={value!r} is not allowed: expected an integer")
+
+
+def _check_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} is not allowed: expected a finite number")
+
+
 def _fmt(v: Any) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
 # ---- pieces -----------------------------------------------------------------------------------------------------
 def pick_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU) or a torch device string; an unknown or absent device is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"device={name!r} is not allowed: expected 'auto', 'cpu', 'cuda' or 'cuda:N' ({exc})") from exc
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ValueError(f"device={name!r} is not allowed: this machine has {count} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"device={name!r} is not allowed: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return device
 
 
 def crop_padding(image_size: int) -> int:
@@ -310,18 +385,32 @@ def _cell_bits(weight_bits: int) -> int:
 
 
 # ---- the run ----------------------------------------------------------------------------------------------------
-def build(s: TrainSettings, info: Any) -> tuple[nn.Module, Any]:
-    """Seeded plain model, quantized for QAT; returns (quantized model, CIMConfig)."""
-    from cim_gym.hardware import quantize_model
+def build_plain(s: TrainSettings, info: Any) -> nn.Module:
+    """The seeded plain model (ResNet or MultiExitResNet) of run ``s`` on data set ``info``."""
     from cim_gym.models import MultiExitResNet, ResNet
 
     torch.manual_seed(s.seed)
     if s.variant == "multiexit":
-        plain: nn.Module = MultiExitResNet(s.depth, info.num_classes, info.in_channels, exit_after=s.exit_after)
-    else:
-        plain = ResNet(s.depth, info.num_classes, info.in_channels)
+        return MultiExitResNet(s.depth, info.num_classes, info.in_channels, exit_after=s.exit_after)
+    return ResNet(s.depth, info.num_classes, info.in_channels)
+
+
+def build(s: TrainSettings, info: Any) -> tuple[nn.Module, Any]:
+    """Seeded plain model, quantized for QAT; returns (quantized model, CIMConfig)."""
+    from cim_gym.hardware import quantize_model
+
     cfg = quant_config(s)
-    return quantize_model(plain, cfg), cfg
+    return quantize_model(build_plain(s, info), cfg), cfg
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Create ``folder`` if needed and write (then remove) a probe file in it; a clear error if that fails."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{what}={str(folder)!r} is not allowed: it cannot be written ({exc})") from exc
 
 
 def train_backbone(s: TrainSettings) -> Path:
@@ -336,42 +425,66 @@ def train_backbone(s: TrainSettings) -> Path:
             torch.set_flush_denormal(False)
 
 
+def _settings_differ(previous: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """Settings whose value differs between a run folder's ``settings.json`` and this run (a setting the folder
+    does not record -- one added after it was written -- counts as its default)."""
+    defaults = TrainSettings(dataset=result["dataset"], depth=result["depth"], variant=result["variant"]).result_fields()
+    return {k: (previous.get(k, defaults.get(k)), v) for k, v in result.items() if previous.get(k, defaults.get(k)) != v}
+
+
 def _train(s: TrainSettings) -> Path:
     from tqdm import tqdm
 
     from cim_gym.data import load_dataset
+    from cim_gym.hardware import quantize_model
 
+    t_start = time.perf_counter()
     if s.threads > 0:
         torch.set_num_threads(s.threads)
     device = pick_device(s.device)
     run_dir = Path(s.run_dir) if s.run_dir else Path("runs") / "backbones" / f"{s.name}-seed{s.seed}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(s.out) if s.out else cache_dir()
     settings_path = run_dir / "settings.json"
     result = s.result_fields()
     if settings_path.is_file():
-        previous = json.loads(settings_path.read_text())
-        if previous != result:
-            diff = {k: (previous.get(k), v) for k, v in result.items() if previous.get(k) != v}
+        diff = _settings_differ(json.loads(settings_path.read_text()), result)
+        if diff:
             raise ValueError(f"{run_dir} holds a run with other settings {diff} (old, new); use another --run-dir")
-    else:
+    check_writable(out_dir, "out")  # before any work: a folder that cannot be written fails now, not after training
+    data = load_dataset(s.dataset, s.data_root, val_fraction=s.val_fraction, seed=s.seed)
+    check_writable(run_dir, "run_dir")
+    if not settings_path.is_file():
         atomic_write(settings_path, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
 
-    data = load_dataset(s.dataset, s.data_root, val_fraction=s.val_fraction, seed=s.seed)
     info = data.info
-    model, cfg = build(s, info)
-    model.to(device)
+    cfg = quant_config(s)
+    memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
+    model = build_plain(s, info).to(device=device, memory_format=memory_format)
+    qat = s.float_epochs == 0
+    if qat:
+        model = quantize_model(model, cfg)
     plain_arch = architecture_of(model)
     multi = s.variant == "multiexit"
+    weights: tuple[float, ...] = ()
     if multi:
         weights = s.exit_weights or default_exit_weights(model.num_exits)
-        if len(weights) != model.num_exits:
-            raise ValueError(f"exit_weights has {len(weights)} entries; the model has {model.num_exits} exits")
         exit_w = torch.tensor(weights, dtype=torch.float32, device=device)
         exit_w = exit_w / exit_w.sum()
     opt = make_optimizer(model, s)
     n_train = len(data.train)
     steps = math.ceil(n_train / s.batch_size)
     sched = make_scheduler(opt, s, steps)
+
+    def to_qat(model: nn.Module, opt: torch.optim.Optimizer, sched: Any) -> tuple[nn.Module, Any, Any]:
+        """The QAT finetune starts: the quantized copy (same parameter order) takes over the optimizer's momenta
+        and the schedule's position."""
+        qmodel = quantize_model(model, cfg)
+        qopt = make_optimizer(qmodel, s)
+        qsched = make_scheduler(qopt, s, steps)
+        qopt.load_state_dict(opt.state_dict())  # after the scheduler: restores the learning rate it reset
+        qsched.load_state_dict(sched.state_dict())
+        return qmodel, qopt, qsched
+
     gen = torch.Generator().manual_seed(s.seed + 1)        # shuffling, augmentation, masks
     noise_gen = torch.Generator().manual_seed(s.seed + 2)  # noise injection
     fill = ((0.0 - torch.tensor(info.mean)) / torch.tensor(info.std)).to(device)
@@ -380,6 +493,9 @@ def _train(s: TrainSettings) -> Path:
     last_path = run_dir / "last.pt"
     if last_path.is_file():
         state = torch.load(last_path, map_location=device, weights_only=True)
+        if state.get("qat", True) and not qat:
+            model, opt, sched = to_qat(model, opt, sched)
+            qat = True
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -391,21 +507,29 @@ def _train(s: TrainSettings) -> Path:
               file=sys.stderr)
 
     p_keep = s.survival_p
+    epochs_here = 0.0  # seconds of the epochs run by this process (already in log.jsonl)
     for epoch in range(start_epoch, s.epochs):
+        if not qat and epoch >= s.float_epochs:
+            model, opt, sched = to_qat(model, opt, sched)
+            qat = True
+            best_acc, best_state, best_epoch = -1.0, None, -1  # the model kept is a QAT one
         model.train()
         t0 = time.perf_counter()
         order = torch.randperm(n_train, generator=gen)
         total_loss, total_hits, seen = 0.0, 0, 0
-        bar = tqdm(range(steps), desc=f"{s.name} epoch {epoch + 1}/{s.epochs}", disable=not s.progress,
+        phase = "qat" if qat else "float"
+        bar = tqdm(range(steps), desc=f"{s.name} epoch {epoch + 1}/{s.epochs} ({phase})", disable=not s.progress,
                    leave=False, file=sys.stderr, dynamic_ncols=True)
         for i in bar:
             idx = order[i * s.batch_size : (i + 1) * s.batch_size]
             x, y = data.train.images[idx].to(device), data.train.labels[idx].to(device)
             if s.augment:
                 x = augment_batch(x, gen, pad, flip, fill)
+            if s.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             mask = survival_mask(len(idx), model.num_blocks, p_keep, gen) if (not multi and p_keep < 1.0) else None
             sigma = float(torch.rand((), generator=noise_gen)) * s.noise_aware_sigma if s.noise_aware_sigma > 0 else 0.0
-            with _noise(model, cfg, s.noise_source, sigma, noise_gen):
+            with _noise(model, cfg, s.noise_source, sigma if qat else 0.0, noise_gen):
                 out = model(x) if mask is None else model(x, mask=mask.to(device))
             if multi:
                 losses = torch.stack([F.cross_entropy(o, y) for o in out])
@@ -424,27 +548,33 @@ def _train(s: TrainSettings) -> Path:
             if i % 10 == 0:
                 bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * total_hits / seen:.1f}")
         bar.close()
+        if not math.isfinite(total_loss):
+            raise FloatingPointError(f"{s.name}: the training loss is {total_loss} in epoch {epoch + 1}: the run "
+                                     f"diverged (lower --lr, now {s.lr}); {run_dir} keeps the last finite epoch")
         val = evaluate(model, data.val.images, data.val.labels, device=device)
         val_score = float(val.mean())  # multi-exit: mean over exits
         if val_score >= best_acc:  # ties go to the later epoch (further down the schedule)
             best_acc, best_epoch = val_score, epoch + 1
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        record = {"epoch": epoch + 1, "train_loss": round(total_loss / seen, 5), "train_acc": round(100 * total_hits / seen, 3),
-                  "val_acc": [round(float(v), 3) for v in val.flatten()], "val_score": round(val_score, 3),
-                  "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 1)}
+        epochs_here += time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "phase": phase, "train_loss": round(total_loss / seen, 5),
+                  "train_acc": round(100 * total_hits / seen, 3), "val_acc": [round(float(v), 3) for v in val.flatten()],
+                  "val_score": round(val_score, 3), "lr": opt.param_groups[0]["lr"],
+                  "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps(record), file=sys.stderr, flush=True)
         with open(run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "gen": gen.get_state(), "noise_gen": noise_gen.get_state(), "epoch": epoch + 1,
+                 "gen": gen.get_state(), "noise_gen": noise_gen.get_state(), "epoch": epoch + 1, "qat": qat,
                  "best_acc": best_acc, "best_epoch": best_epoch, "best_model": best_state}
         atomic_write(last_path, lambda tmp: torch.save(state, tmp))
 
-    assert best_state is not None
+    assert best_state is not None and qat
     model.load_state_dict(best_state)
     model.eval()
     accuracy = final_accuracy(model, data, s, device)
     accuracy["best_epoch"] = best_epoch
+    timing = _epoch_seconds(run_dir)
     meta = {
         "name": s.name,
         "variant": s.variant,
@@ -456,11 +586,13 @@ def _train(s: TrainSettings) -> Path:
         "training": {"command": s.command(), "settings": s.result_fields(),
                      "survival": p_keep, "exit_weights": list(weights) if multi else None,
                      "torch_version": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
-                     "epoch_seconds": _epoch_seconds(run_dir)},
+                     **timing,
+                     # every epoch's time (earlier processes of a resumed run included), plus this process's set-up
+                     # and final evaluation
+                     "wall_seconds": round(timing["train_seconds"] + time.perf_counter() - t_start - epochs_here, 1)},
         "accuracy": accuracy,
     }
-    out = Path(s.out) if s.out else cache_dir()
-    return save_checkpoint(model, meta, out, s.name)
+    return save_checkpoint(model, meta, out_dir, s.name)
 
 
 def final_accuracy(model: nn.Module, data: Any, s: TrainSettings, device: torch.device) -> dict[str, Any]:
@@ -478,12 +610,18 @@ def final_accuracy(model: nn.Module, data: Any, s: TrainSettings, device: torch.
     return acc
 
 
-def _epoch_seconds(run_dir: Path) -> float | None:
+def _epoch_seconds(run_dir: Path) -> dict[str, Any]:
+    """Timing of a run from its ``log.jsonl``: mean seconds per epoch (all, float, QAT) and their sum."""
     path = run_dir / "log.jsonl"
-    if not path.is_file():
-        return None
-    secs = [json.loads(line)["seconds"] for line in path.read_text().splitlines() if line.strip()]
-    return round(sum(secs) / len(secs), 1) if secs else None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+    def mean(rs: list[dict[str, Any]]) -> float | None:
+        return round(sum(r["seconds"] for r in rs) / len(rs), 1) if rs else None
+
+    return {"epoch_seconds": mean(records),
+            "float_epoch_seconds": mean([r for r in records if r.get("phase") == "float"]),
+            "qat_epoch_seconds": mean([r for r in records if r.get("phase", "qat") == "qat"]),
+            "train_seconds": round(sum(r["seconds"] for r in records), 1)}
 
 
 class _noise:
@@ -517,6 +655,10 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainSettings:
     p.add_argument("--depth", type=int, default=d.depth, help="ResNet depth 6n+2")
     p.add_argument("--variant", default=d.variant, choices=VARIANTS, help="blockdrop (stochastic depth) or multiexit")
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--float-epochs", type=int, default=d.float_epochs,
+                   help="leading epochs trained in float (no fake quantization); the rest is the QAT finetune")
+    p.add_argument("--channels-last", default=d.channels_last, action=argparse.BooleanOptionalAction,
+                   help="channels-last memory layout for the model and batches")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per SGD step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (SGD, Nesterov 0.9)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 on conv and linear weights")

@@ -146,3 +146,82 @@ def test_cli_help() -> None:
                          check=True).stdout
     for flag in ("--dataset", "--depth", "--variant", "--noise-aware-training", "--exit-weights", "--survival", "--seed"):
         assert flag in out
+
+
+def _schema(value: object) -> object:
+    """The key structure of a sidecar: dict keys, recursively (leaves collapse to None)."""
+    return {k: _schema(v) for k, v in value.items()} if isinstance(value, dict) else None
+
+
+def test_float_pretraining_then_qat_finetune_writes_the_same_kind_of_checkpoint(tmp_path: Path) -> None:
+    qat = train_backbone(settings(tmp_path, "qat", epochs=2))
+    mixed = train_backbone(settings(tmp_path, "mixed", epochs=2, float_epochs=1))
+    a, b = json.loads(qat.read_text()), json.loads(mixed.read_text())
+    assert _schema(a) == _schema(b)
+    assert b["training"]["settings"]["float_epochs"] == 1 and "--float-epochs 1" in b["training"]["command"]
+    assert b["training"]["float_epoch_seconds"] > 0 and b["training"]["qat_epoch_seconds"] > 0
+    assert a["training"]["float_epoch_seconds"] is None
+    assert b["training"]["wall_seconds"] >= b["training"]["train_seconds"] > 0
+    phases = [json.loads(line)["phase"] for line in (tmp_path / "mixed" / "log.jsonl").read_text().splitlines()]
+    assert phases == ["float", "qat"]
+    assert weights(qat).keys() == weights(mixed).keys()  # quantizer ranges included: the kept model is a QAT one
+    assert not torch.equal(weights(qat)["stem.conv.weight"], weights(mixed)["stem.conv.weight"])
+    for sidecar in (qat, mixed):
+        bb = load_backbone(sidecar.stem, folder=sidecar.parent)
+        assert bb.model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_resume_at_the_float_to_qat_boundary_equals_an_uninterrupted_run(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import cim_gym.backbones.train as train_mod
+
+    full = train_backbone(settings(tmp_path, "full", epochs=2, float_epochs=1))
+    s = settings(tmp_path, "resumed", epochs=2, float_epochs=1)
+
+    class Stop(Exception):
+        pass
+
+    orig_save = train_mod.atomic_write
+
+    def save_then_stop(path: Path, write) -> None:
+        orig_save(path, write)
+        if path.name == "last.pt":
+            raise Stop
+
+    monkeypatch.setattr(train_mod, "atomic_write", save_then_stop)
+    with pytest.raises(Stop):
+        train_backbone(s)
+    monkeypatch.setattr(train_mod, "atomic_write", orig_save)
+    assert torch.load(Path(s.run_dir) / "last.pt", weights_only=True)["qat"] is False
+    assert_same(weights(full), weights(train_backbone(s)))
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--lr", "nan"], "lr=nan"), (["--lr", "0"], "lr=0"), (["--lr", "inf"], "lr=inf"),
+    (["--weight-decay", "-1"], "weight_decay=-1"), (["--warmup-epochs", "nan"], "warmup_epochs=nan"),
+    (["--variant", "multiexit", "--exit-weights", "nan", "1", "1"], "exit_weights=nan"),
+    (["--variant", "multiexit", "--exit-weights", "1", "1"], "exit_weights=.*3 exits"),
+    (["--exit-weights", "1", "1", "1"], "variant='multiexit'"),
+    (["--variant", "multiexit", "--exit-after", "99"], "exit_after"), (["--survival", "nan"], "survival=nan"),
+    (["--epochs", "0"], "epochs=0"), (["--epochs", "2", "--float-epochs", "2"], "float_epochs=2"),
+    (["--float-epochs", "-1"], "float_epochs=-1"), (["--batch-size", "0"], "batch_size=0"),
+    (["--noise-aware-training", "nan"], "noise_aware_sigma=nan"), (["--val-fraction", "1"], "val_fraction=1"),
+    (["--weight-bits", "0"], "weight_bits"), (["--mask-eval-draws", "0"], "mask_eval_draws=0"),
+    (["--device", "tpu"], "device='tpu'"), (["--threads", "-1"], "threads=-1"), (["--seed", "-1"], "seed=-1"),
+])
+def test_bad_options_fail_before_training_and_leave_no_run_folder(tmp_path: Path, argv: list[str], named: str) -> None:
+    from cim_gym.backbones.train import main
+
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=named):
+        main(["--dataset", "digits", "--depth", "8", "--run-dir", str(run), "--out", str(tmp_path / "out"), *argv])
+    assert not run.exists()
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_training(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    s = settings(tmp_path, "run", out=str(blocker / "out"))
+    with pytest.raises(ValueError, match="out=.*cannot be written"):
+        train_backbone(s)
+    assert not Path(s.run_dir).exists()
