@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from agents.reinforce import Callback, ReinforceTrainer, UpdateStats
-from agents.runs import RunFolder
+from agents.runs import MetricsCSV, RunFolder
 
 
 class ProgressBar(Callback):
@@ -37,24 +36,13 @@ class CSVLogger(Callback):
     """One row per update in ``metrics.csv`` (appended to on resume)."""
 
     def __init__(self, run: RunFolder) -> None:
-        self.path = run.path / "metrics.csv"
-        self.file: Any = None
-        self.writer: Any = None
+        self.log = MetricsCSV(run.path / "metrics.csv")
 
     def on_update(self, trainer: ReinforceTrainer, stats: UpdateStats) -> None:
-        row = stats.as_row()
-        if self.writer is None:
-            new = not self.path.exists() or self.path.stat().st_size == 0
-            self.file = open(self.path, "a", newline="")
-            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
-            if new:
-                self.writer.writeheader()
-        self.writer.writerow(row)
-        self.file.flush()
+        self.log.write(stats.as_row())
 
     def on_end(self, trainer: ReinforceTrainer, interrupted: bool) -> None:
-        if self.file is not None:
-            self.file.close()
+        self.log.close()
 
 
 class TensorBoardLogger(Callback):

@@ -14,6 +14,7 @@ Every file is written atomically (a temporary file, then a rename): an interrupt
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -153,3 +154,26 @@ def read_policy_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]
     if bad:
         raise RunFolderError(f"{file} holds non-finite weights in {bad[:3]}: refusing to load a broken policy")
     return tensors
+
+
+class MetricsCSV:
+    """Rows appended to a CSV log, flushed as they come (the header written once, also across resumed runs)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file: Any = None
+        self.writer: Any = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.writer is None:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self.file = open(self.path, "a", newline="")
+            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
+            if new:
+                self.writer.writeheader()
+        self.writer.writerow(row)
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
