@@ -204,7 +204,8 @@ class ReinforceTrainer:
         probe = self._make_env(num_envs=1, penalty=None)
         self.observation_space: spaces.Dict = probe.single_observation_space  # type: ignore[assignment]
         self.action_space = probe.single_action_space
-        self.env_config: dict[str, Any] = probe.config.to_dict()  # type: ignore[attr-defined]
+        config = getattr(probe.unwrapped, "config", None)  # the cim-gym environments' EnvConfig, all settings resolved
+        self.env_config: dict[str, Any] = config.to_dict() if config is not None else dict(self.env_kwargs)
         probe.close()
         self.net = PolicyNetwork(self.observation_space, self.action_space, settings.network).to(self.device)
         self.head: Head = make_head(self.action_space, settings.alpha)
@@ -287,8 +288,7 @@ class ReinforceTrainer:
         greedy = self.head.greedy(out, controlled)
         _, reward, _, _, step_info = envs.step(np.concatenate([sampled, greedy]))
 
-        same = (sampled == greedy).reshape(batch, -1).all(1)
-        advantage = np.where(same, 0.0, reward[:batch] - reward[batch:])
+        advantage = self_critical_advantage(sampled, greedy, reward[:batch], reward[batch:])
         log_prob, entropy = self.head.log_prob_entropy(out, sampled, controlled)
         adv = torch.as_tensor(advantage, dtype=out.dtype, device=self.device)
         loss = -(log_prob * adv).mean() - self.settings.beta * entropy.mean()
@@ -323,6 +323,14 @@ class ReinforceTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.stage, self.update = int(state["stage"]), int(state["update"])
         self.rng.bit_generator.state = _rng_from(state["rng"])
+
+
+def self_critical_advantage(sampled: np.ndarray, greedy: np.ndarray, reward_sampled: np.ndarray,
+                            reward_greedy: np.ndarray) -> np.ndarray:
+    """``R(sampled) - R(greedy)`` per episode, exactly 0 where both actions are the same (even when a per-read noise
+    made their two forwards differ: the same action has the same expected reward)."""
+    same = (np.asarray(sampled) == np.asarray(greedy)).reshape(len(reward_sampled), -1).all(1)
+    return np.where(same, 0.0, np.asarray(reward_sampled, np.float64) - np.asarray(reward_greedy, np.float64))
 
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
