@@ -81,7 +81,6 @@ class EpisodeRenderer:
         self.num_blocks = int(model.num_blocks)
         self.stage_starts = tuple(int(s) for s in model.stage_starts)
         self.exit_after = tuple(int(e) for e in getattr(model, "exit_after", ()))
-        self.full_macs = None
         self.fonts = {size: _font(size) for size in (12, 14, 18)}
         self._figure: Any = None
 
@@ -92,9 +91,8 @@ class EpisodeRenderer:
         mean = np.asarray(info.mean, dtype=np.float64).reshape(-1, 1, 1)
         std = np.asarray(info.std, dtype=np.float64).reshape(-1, 1, 1)
         pixels = np.clip((x * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        mode = "L" if pixels.shape[0] == 1 else "RGB"
-        array = pixels[0] if mode == "L" else pixels.transpose(1, 2, 0)
-        return Image.fromarray(array, mode=mode).convert("RGB").resize((side, side), Image.NEAREST)
+        array = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)  # grey (H, W) or RGB (H, W, 3)
+        return Image.fromarray(array).convert("RGB").resize((side, side), Image.NEAREST)
 
     def frame(self, image_id: int, chip_id: int, decision: Decision | None) -> np.ndarray:
         """An RGB frame (HEIGHT, WIDTH, 3) uint8 of one episode; ``decision`` None: not decided yet."""
