@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -268,6 +269,12 @@ class ExactEngine:
                     w2[:, -1] = 0.0
                 self.weights_sq.append(w2)
         self.lut = self.lut64.to(self.dtype).to(self.device)
+        # noise-free integer levels: partial sums are A + B g0 exactly, with g0 = num / den (NeuroSim's floor ADC)
+        self.g0_grid = round(k0 * q) / q
+        ratio = Fraction(cfg.g_max) / (Fraction(cfg.onoff_ratio) - 1)
+        integer = bool((u == torch.round(u)).all())
+        small = ratio.numerator < 2**16 and ratio.denominator < 2**16
+        self.exact_ratio = (ratio.numerator, ratio.denominator) if integer and small else None
 
     # ---- ADC -----------------------------------------------------------------------------------------------
     def full_scale(self) -> tuple[float, float]:
@@ -480,18 +487,37 @@ class ExactEngine:
     def _levels_dynamic(self, q: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """NeuroSim's per-batch ADC: every (sub-array, plane, slice) partial sum is converted with the min/max of
         the whole batch (batch x channels x pixels); the reference column likewise. Two passes over the batch.
-        Noise-free partial sums are exact multiples of the grid ``2^-m``: the floor is taken on those exact
-        integers, so a partial sum on a step boundary gets NeuroSim's code."""
+
+        With noise-free cells (integer levels) a partial sum is exactly ``A + B g0`` (``A`` the sum of the active
+        rows' levels, ``B`` their count, ``g0 = (2^c - 1)/(R - 1)`` a rational number): the floor is then taken
+        in integer arithmetic on ``2 den(g0) (A + B g0)``, so a partial sum on a step boundary gets NeuroSim's code
+        exactly. Otherwise (noisy cells or inputs) it is taken in float64."""
         bits = self.cfg.adc_bits
         assert bits is not None
         planes, B, Ho, Wo, chunks = self._chunks(q)
         L, PS, C, Z = Ho * Wo, self.P * self.S, self.C_out, self.Z
         noisy = self.read_std > 0 or self.input_std > 0
+        exact = self.exact_ratio is not None and not noisy
 
-        def parts(o: Tensor, n: int) -> tuple[Tensor, Tensor | None]:
-            ph = o.view(o.shape[0], self.cols, Z, n)
-            w = ph[:, : PS * C].reshape(o.shape[0], PS, C, Z, n)
-            return w, (ph[:, -1] if self.has_ref else None)
+        def values(b0: int, bc: int) -> list[Tensor]:
+            """Per group (n, cols, Z, bc * L) float64: exact integers ``2 den (A + B g0)``, or grid-unit sums."""
+            X = self._chunk_planes(planes, b0, bc, Ho, Wo)
+            sums = self._sums(X, generator)
+            out = []
+            for (s0, n, r), o in zip(self.groups, sums):
+                v = o.view(n, self.cols, Z, bc * L).double()
+                if exact:
+                    assert self.exact_ratio is not None
+                    num, den = self.exact_ratio
+                    count = X[s0:s0 + n * r].view(n, r, -1).sum(1).double().view(n, 1, Z, bc * L)
+                    twice_a = torch.round((v - count * self.g0_grid) * 2.0)  # 2A: integer (half-integer A: reference)
+                    v = twice_a * den + count * (2 * num)
+                out.append(v)
+            return out
+
+        def split(v: Tensor) -> tuple[Tensor, Tensor | None]:
+            n = v.shape[0]
+            return v[:, : PS * C].reshape(n, PS, C, Z, -1), (v[:, -1] if self.has_ref else None)
 
         kept: list[list[Tensor]] = []
         lo: list[Tensor] = []
@@ -499,11 +525,11 @@ class ExactEngine:
         rlo: list[Tensor] = []
         rhi: list[Tensor] = []
         for i, (b0, bc) in enumerate(chunks):
-            sums = self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo), generator)
+            vals = values(b0, bc)
             if noisy:  # the noise draws that set the range must be the ones converted: keep them
-                kept.append(sums)
-            for gi, o in enumerate(sums):
-                w, r = parts(o, bc * L)
+                kept.append(vals)
+            for gi, v in enumerate(vals):
+                w, r = split(v)
                 wl, wh = w.amin(dim=(2, 4)), w.amax(dim=(2, 4))  # (n, PS, Z)
                 if i == 0:
                     lo.append(wl), hi.append(wh)
@@ -513,38 +539,22 @@ class ExactEngine:
                     lo[gi], hi[gi] = torch.minimum(lo[gi], wl), torch.maximum(hi[gi], wh)
                     if r is not None:
                         rlo[gi], rhi[gi] = torch.minimum(rlo[gi], r.amin(dim=2)), torch.maximum(rhi[gi], r.amax(dim=2))
+        to_grid = 1.0 / (2.0 * self.exact_ratio[1]) if exact else 1.0  # type: ignore[index]
         out = torch.empty(C, B * L, dtype=self.dtype, device=self.device)
-        conv = _dynamic_convert if noisy else self._floor_exact
         for i, (b0, bc) in enumerate(chunks):
-            sums = kept[i] if noisy else self._sums(self._chunk_planes(planes, b0, bc, Ho, Wo))
             acc = None
-            for gi, o in enumerate(sums):
-                w, r = parts(o, bc * L)
-                wq = conv(w, lo[gi][:, :, None, :, None], hi[gi][:, :, None, :, None], bits)
-                vals = [wq.reshape(o.shape[0], PS * C, Z, bc * L)]
+            for gi, v in enumerate(kept[i] if noisy else values(b0, bc)):
+                w, r = split(v)
+                wq = _floor_adc(w, lo[gi][:, :, None, :, None], hi[gi][:, :, None, :, None], bits, exact)
+                parts = [wq.reshape(v.shape[0], PS * C, Z, bc * L)]
                 if r is not None:
-                    vals.append(conv(r, rlo[gi][:, :, None], rhi[gi][:, :, None], bits).unsqueeze(1))
-                v = torch.cat(vals, dim=1).sum(0)
-                acc = v if acc is None else acc.add_(v)
+                    parts.append(_floor_adc(r, rlo[gi][:, :, None], rhi[gi][:, :, None], bits, exact).unsqueeze(1))
+                summed = torch.cat(parts, dim=1).sum(0)
+                acc = summed if acc is None else acc.add_(summed)
             assert acc is not None
-            torch.mm(self.Mvalue, acc.view(self.cols * Z, bc * L).mul_(self.on), out=out[:, b0 * L:(b0 + bc) * L])
+            acc = acc.view(self.cols * Z, bc * L).mul_(self.on * to_grid).to(self.dtype)
+            torch.mm(self.Mvalue, acc, out=out[:, b0 * L:(b0 + bc) * L])
         return out
-
-    def _floor_exact(self, v: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
-        """NeuroSim's floor ADC on exact grid values: ``code = floor((v - lo) 2^bits / (hi - lo))`` in integer
-        arithmetic, clamped to ``[0, 2^bits - 1]``, decoded as ``lo + code (hi - lo) / 2^bits``; ``hi == lo``
-        passes the values through. Inputs and result in grid units (the engine's dtype)."""
-        g = self.grid
-        n, a, b = (torch.round(t.double() * g) for t in (v, lo, hi))
-        span = b - a
-        if float(n.abs().max()) * 2.0 ** (bits + 1) < 2.0**62:
-            num = (n - a).to(torch.int64) * (2**bits)
-            code = torch.div(num, span.clamp(min=1).to(torch.int64), rounding_mode="floor").double()
-        else:  # too large for int64: float64 (exact unless the quotient is within 2^-52 of an integer)
-            code = torch.floor((n - a) * 2.0**bits / span.clamp(min=1))
-        code = code.clamp_(0, 2**bits - 1)
-        value = (a + code * span / 2.0**bits) / g
-        return torch.where(span > 0, value, v.double()).to(self.dtype)
 
     def forward(self, q: Tensor, step_in: Tensor, bias: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
         """Layer output from integer input levels ``q`` (the layer's input is ``q * step_in``); ``generator``
@@ -599,9 +609,15 @@ class ExactEngine:
         return PartialSumRanges(lo.view(self.P, self.S, self.Z), hi.view(self.P, self.S, self.Z), rlo, rhi)
 
 
-def _dynamic_convert(v: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
-    """NeuroSim's floor ADC with a given (batch) range; a zero-width range passes the values through."""
-    step = (hi - lo) / float(2**bits)
-    safe = torch.where(step > 0, step, torch.ones_like(step))
-    code = torch.clamp(torch.floor((v - lo) / safe), 0, 2**bits - 1)
-    return torch.where(step > 0, code * step + lo, v)
+def _floor_adc(v: Tensor, lo: Tensor, hi: Tensor, bits: int, exact: bool) -> Tensor:
+    """NeuroSim's floor ADC with a given (batch) range: ``code = floor((v - lo) 2^bits / (hi - lo))`` clamped to
+    ``[0, 2^bits - 1]``, decoded as ``lo + code (hi - lo) / 2^bits``; a zero-width range passes the values through.
+    ``exact``: ``v``, ``lo``, ``hi`` hold integers and the floor is an integer division."""
+    span = hi - lo
+    if exact:
+        num = (v - lo).to(torch.int64) * (2**bits)
+        code = torch.div(num, span.clamp(min=1).to(torch.int64), rounding_mode="floor").to(v.dtype)
+    else:
+        code = torch.floor((v - lo) * 2.0**bits / torch.where(span > 0, span, torch.ones_like(span)))
+    code = code.clamp_(0, 2**bits - 1)
+    return torch.where(span > 0, lo + code * span / 2.0**bits, v)
