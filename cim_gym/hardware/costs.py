@@ -30,8 +30,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from cim_gym.hardware.config import CIMConfig
+from cim_gym.hardware.profile import layer_output_positions, macs_per_position
 from cim_gym.hardware.quant import QuantLayer, analog_layer_names, layer_roles
-from cim_gym.models.resnet import layer_output_positions, macs_per_position
 
 __all__ = ["EnergyTable", "LayerCost", "count_costs", "energy_table_markdown", "group_costs", "sum_costs"]
 

@@ -1,4 +1,5 @@
-"""Backbones: CIFAR-style ResNet-(6n+2) with block masks, and its multi-exit variant. Knows nothing of hardware."""
+"""Backbones: CIFAR-style ResNet-(6n+2) with block masks, and its multi-exit variant. Uses only the generic layer
+profiler of the hardware package (``cim_gym.hardware.profile``), none of its chip model."""
 
 from cim_gym.models.multi_exit import MultiExitResNet
 from cim_gym.models.resnet import (

@@ -135,3 +135,15 @@ def test_docs_tables_are_generated_by_the_package() -> None:
     text = markdown()
     assert "| `ideal`, `neurosim`, `neurosim_compat`, `rram` | offset, relative, 8/4, 10 | 0.210 |" in text
     assert "`adc_calibration`" in text and "Murmann" in text and "`pcm`" in text
+
+
+def test_hardware_imports_no_model_module() -> None:
+    """The simulator works on any nn.Module: importing it (costs included) loads none of our backbones."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cim_gym.hardware, cim_gym.hardware.costs; "
+            "print(sorted(m for m in sys.modules if m.startswith(('cim_gym.models', 'cim_gym.envs', "
+            "'cim_gym.backbones', 'agents'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
