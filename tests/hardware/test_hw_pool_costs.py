@@ -142,8 +142,8 @@ def test_hardware_imports_no_model_module() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, cim_gym.hardware, cim_gym.hardware.costs; "
-            "print(sorted(m for m in sys.modules if m.startswith(('cim_gym.models', 'cim_gym.envs', "
+    code = ("import sys, cim_gym; before = set(sys.modules); import cim_gym.hardware, cim_gym.hardware.costs; "
+            "print(sorted(m for m in set(sys.modules) - before if m.startswith(('cim_gym.models', 'cim_gym.envs', "
             "'cim_gym.backbones', 'agents'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
