@@ -37,6 +37,7 @@ from cim_gym.hardware.exact import ExactEngine, Geometry, PartialSumRanges, inpu
 from cim_gym.hardware.quant import (
     QuantLayer,
     analog_layer_names,
+    check_batch,
     check_layer_input,
     init_input_ranges,
     input_levels,
@@ -61,24 +62,6 @@ def chip_seeds(seed: int) -> list[int]:
     from ``seed``; the first four are those of earlier versions, so existing chips keep their draws."""
     state = np.random.SeedSequence(int(seed)).generate_state(12, dtype=np.uint32)
     return [int((int(state[2 * i]) << 31) ^ int(state[2 * i + 1])) & ((1 << 63) - 1) for i in range(6)]
-
-
-def check_batch(x: Any, what: str, dtype: torch.dtype | None = None) -> None:
-    """A clear error for what a chip or calibration cannot take: not a tensor, not floating point, a dtype other than
-    the model's, an empty batch, or non-finite values."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, not {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{what} has dtype {x.dtype}: expected a floating-point tensor"
-                        + (f" of dtype {dtype}" if dtype is not None else ""))
-    if dtype is not None and x.dtype != dtype:
-        raise TypeError(f"{what} has dtype {x.dtype} but the model computes in {dtype}: convert the input "
-                        f"(x.to({dtype})) or the model/chip (.to({x.dtype}))")
-    if x.dim() == 0 or x.shape[0] == 0:
-        raise ValueError(f"{what} has shape {tuple(x.shape)}: expected a non-empty batch")
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        raise ValueError(f"{what} has {bad} non-finite value(s) (NaN or inf): a chip converts finite inputs only")
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype:
@@ -110,6 +93,10 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        """Inverse of :meth:`to_dict` (ranges only: no calibration batch)."""
+        missing = [k for k in ("config", "output_ranges", "adc_ranges") if not isinstance(d, dict) or k not in d]
+        if missing:
+            raise ValueError(f"not a Calibration.to_dict(): missing {missing}")
         adc = {k: PartialSumRanges.from_dict(v) for k, v in d["adc_ranges"].items()}
         return cls(CIMConfig.from_dict(d["config"]), {k: float(v) for k, v in d["output_ranges"].items()}, adc)
 
@@ -497,6 +484,12 @@ def program(qmodel: nn.Module, cfg: CIMConfig, sigma: float | None = None, seed:
                              "computed with a config that has adc_bits set")
     for name in names:
         modules[name].check_calibrated()  # type: ignore[operator]
+    if chip_cfg.output_noise > 0:
+        assert calibration is not None
+        missing = [n for n in names if n not in calibration.output_ranges]
+        if missing:
+            raise ValueError(f"the calibration has no output range for layers {missing}: it was computed for another "
+                             "model or path; calibrate(qmodel, cfg, x) on this model")
 
     s_var, s_drift, s_call, s_adc, s_stuck, _ = chip_seeds(int(seed))
     plan = _plan(qmodel, chip_cfg, names, modules)

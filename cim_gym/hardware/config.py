@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -275,7 +276,11 @@ class CIMConfig:
 
     # --- variants -----------------------------------------------------------------------------------------------
     def replace(self, **changes: Any) -> CIMConfig:
-        """A validated copy with ``changes`` applied."""
+        """A validated copy with ``changes`` applied; an unknown field raises a ``ValueError`` listing the known ones."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown CIMConfig field(s) {unknown}; known fields: {sorted(known)}")
         return dataclasses.replace(self, **changes)
 
     def scaled(self, source: str, sigma: float) -> CIMConfig:
@@ -308,6 +313,8 @@ class CIMConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CIMConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise a ``ValueError`` listing the known fields."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"CIMConfig.from_dict needs a mapping of field names to values, not {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from cim_gym.hardware.config import CIMConfig
+from cim_gym.hardware.config import CIMConfig, is_integer, is_number
 from cim_gym.hardware.profile import layer_output_positions, macs_per_position
 from cim_gym.hardware.quant import QuantLayer, analog_layer_names, layer_roles
 
@@ -60,6 +60,21 @@ class EnergyTable:
     """Throughput of the digital MAC unit used for digital layers, MACs per ns."""
     sources: Mapping[str, str] = field(default_factory=lambda: dict(_SOURCES))
     """Where each figure comes from (free text per field)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "sources":
+                if not isinstance(value, Mapping):
+                    raise ValueError(f"EnergyTable.sources={value!r} is not allowed: expected a mapping of field names to text")
+            elif f.name in ("ideal_adc_bits", "adc_share"):
+                lo, hi = (1, 16) if f.name == "ideal_adc_bits" else (1, 1 << 20)
+                if not is_integer(value) or not lo <= value <= hi:
+                    raise ValueError(f"EnergyTable.{f.name}={value!r} is not allowed: expected an integer in [{lo}, {hi}]")
+            elif not is_number(value) or not math.isfinite(value) or value < 0 or (
+                    f.name == "digital_macs_per_ns" and value == 0):
+                allowed = "> 0" if f.name == "digital_macs_per_ns" else ">= 0"
+                raise ValueError(f"EnergyTable.{f.name}={value!r} is not allowed: expected a finite number {allowed}")
 
     def adc_pj(self, bits: int | None) -> float:
         return self.adc_pj_per_step * 2.0 ** (self.ideal_adc_bits if bits is None else bits)
@@ -135,6 +150,9 @@ def count_costs(model: nn.Module, cfg: CIMConfig, input_shape: Sequence[int], **
     """Per-image costs of every Conv2d/Linear of ``model`` (plain, quantized or a chip) on one forward of a zero
     image of ``input_shape`` (``forward_kwargs`` select a path, e.g. ``mask=`` or ``exit=``; the default forward
     runs every layer). Keys equal ``model.layer_macs(input_shape)`` of the plain model."""
+    if isinstance(input_shape, (str, bytes)) or not all(is_integer(d) and d > 0 for d in input_shape):
+        raise ValueError(f"input_shape={input_shape!r} is not allowed: expected the positive sizes of one image, "
+                         "e.g. (1, 28, 28)")
     inner = getattr(model, "model", model) if type(model).__name__ == "Chip" else model
     roles = layer_roles(inner)
     analog = set(analog_layer_names(inner, cfg))

@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from cim_gym.hardware.chip import Calibration, Chip, program
-from cim_gym.hardware.config import CIMConfig, noise_field
+from cim_gym.hardware.config import CIMConfig, is_integer, is_number, noise_field
 
 __all__ = ["ChipPool", "pool_seed"]
 
@@ -41,7 +41,10 @@ class ChipPool:
     def __init__(self, qmodel: nn.Module, cfg: CIMConfig, sigmas: Sequence[float], chips_per_sigma: int = 5,
                  seed: int = 0, calibration: Calibration | None = None, noise_source: str = "programming",
                  cache_size: int = 32) -> None:
-        values = [float(s) for s in np.asarray(sigmas, dtype=np.float64).reshape(-1)]
+        raw = np.asarray(sigmas, dtype=object).reshape(-1) if not isinstance(sigmas, str) else np.asarray([sigmas])
+        if not all(is_number(s) for s in raw):
+            raise ValueError(f"sigmas={sigmas!r} is not allowed: expected a non-empty list of finite numbers >= 0")
+        values = [float(s) for s in raw]
         if not values or any(not np.isfinite(s) or s < 0 for s in values):
             raise ValueError(f"sigmas={list(sigmas)!r} is not allowed: expected a non-empty list of finite values >= 0")
         for name, value, lo in (("chips_per_sigma", chips_per_sigma, 1), ("cache_size", cache_size, 1), ("seed", seed, 0)):
@@ -57,13 +60,17 @@ class ChipPool:
     @classmethod
     def from_range(cls, qmodel: nn.Module, cfg: CIMConfig, low: float, high: float, num: int, **kwargs: object) -> ChipPool:
         """A pool over ``num`` evenly spaced sigma values from ``low`` to ``high`` (inclusive)."""
+        if not is_integer(num) or num < 1:
+            raise ValueError(f"num={num!r} is not allowed: expected an integer >= 1")
         return cls(qmodel, cfg, list(np.linspace(low, high, int(num))), **kwargs)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.sigmas) * self.chips_per_sigma
 
     def _check(self, i: int) -> int:
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -len(self) <= i < len(self):
+        if not is_integer(i):
+            raise TypeError(f"chip index {i!r} is not allowed: expected an integer")
+        if not -len(self) <= i < len(self):
             raise IndexError(f"chip index {i!r} out of range for a pool of {len(self)} chips")
         return int(i) % len(self)
 

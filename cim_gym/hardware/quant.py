@@ -38,6 +38,7 @@ __all__ = [
     "QuantLayer",
     "QuantLinear",
     "analog_layer_names",
+    "check_batch",
     "check_layer_input",
     "inject_noise",
     "init_input_ranges",
@@ -89,6 +90,24 @@ def quantize_input(x: Tensor, input_range: Tensor, bits: int, signed: bool) -> T
         xc = torch.minimum(torch.maximum(x, -r if signed else torch.zeros_like(r)), r)
         return xc + (xq - xc).detach()
     return xq
+
+
+def check_batch(x: object, what: str, dtype: torch.dtype | None = None) -> None:
+    """A clear error for what a chip or calibration cannot take: not a tensor, not floating point, a dtype other than
+    the model's, an empty batch, or non-finite values."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, not {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{what} has dtype {x.dtype}: expected a floating-point tensor"
+                        + (f" of dtype {dtype}" if dtype is not None else ""))
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{what} has dtype {x.dtype} but the model computes in {dtype}: convert the input "
+                        f"(x.to({dtype})) or the model/chip (.to({x.dtype}))")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"{what} has shape {tuple(x.shape)}: expected a non-empty batch")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"{what} has {bad} non-finite value(s) (NaN or inf): a chip converts finite inputs only")
 
 
 def check_layer_input(layer: nn.Module, x: Tensor) -> None:
@@ -144,6 +163,9 @@ class QuantLayer:
                               stacklevel=3)
                 self.signed_input.fill_(True)
             m = x.abs().max() if bool(self.signed_input) else x.max().clamp_min(0)
+            if not bool(torch.isfinite(m)):
+                raise ValueError(f"{getattr(self, 'layer_name', type(self).__name__)!r}: non-finite input (NaN or inf) "
+                                 "while setting its input range")
             if float(self.input_range) <= 0:
                 self.input_range.copy_(m)
             else:
@@ -313,6 +335,7 @@ def quantize_model(model: nn.Module, cfg: CIMConfig, example_input: Tensor | Non
         _convert(m, cfg, signed=(i == 0))
         m.__dict__["layer_name"] = name
     if example_input is not None:
+        check_batch(example_input, "example_input", next(qmodel.parameters()).dtype)
         init_input_ranges(qmodel, example_input)
     return qmodel
 

@@ -91,6 +91,8 @@ def sigma_table(cfg: CIMConfig, weights: tuple[float, ...] = (-1.0, -0.5, 0.0, 0
                 sigma: float | None = None) -> str:
     """A Markdown table of :func:`weight_noise_std` at a few normalized weights (and, at a given ``sigma``, of
     :func:`clipped_share`)."""
+    if len(weights) == 0:
+        raise ValueError("weights=() is not allowed: expected at least one normalized weight in [-1, 1]")
     std = weight_noise_std(cfg, list(weights), source, sigma)
     head = "| normalized weight w | " + " | ".join(f"{w:+.2f}" for w in weights) + " |"
     sep = "| --- |" + " --- |" * len(weights)

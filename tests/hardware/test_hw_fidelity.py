@@ -352,3 +352,37 @@ def test_numpy_scalars_and_one_pattern_strings_in_program() -> None:
     calibrate(q, cfg, x, chip_batch=np.int64(4))
     with pytest.raises(ValueError, match="sigma='0.05'"):
         program(q, cfg, "0.05", 3)  # type: ignore[arg-type]
+
+
+def test_hostile_arguments_get_clear_errors() -> None:
+    from cim_gym.hardware import ChipPool, EnergyTable, count_costs, sigma_table
+    from cim_gym.hardware.chip import Calibration
+
+    cfg = CIMConfig()
+    q, x = make_qnet(cfg)
+    with pytest.raises(TypeError, match="mapping"):
+        CIMConfig.from_dict("sigma")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown CIMConfig field"):
+        cfg.replace(sigmaa=0.1)
+    with pytest.raises(ValueError, match="example_input has 1 non-finite"):
+        quantize_model(nn.Linear(3, 2), cfg, example_input=torch.tensor([[0.0, float("nan"), 1.0]]))
+    other, _ = make_qnet(cfg, seed=1)
+    calib = calibrate(quantize_model(nn.Sequential(nn.Flatten(), nn.Linear(192, 10)), cfg, example_input=x), cfg, x)
+    with pytest.raises(ValueError, match="no output range"):
+        program(other, cfg.replace(output_noise=0.1), None, 0, calib)
+    with pytest.raises(ValueError, match="sigmas='0.1'"):
+        ChipPool(q, cfg, "0.1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num=2.5"):
+        ChipPool.from_range(q, cfg, 0.0, 0.1, 2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="integer"):
+        ChipPool(q, cfg, [0.1])["0"]  # type: ignore[index]
+    with pytest.raises(ValueError, match="array_read_pj=-1"):
+        EnergyTable(array_read_pj=-1)
+    with pytest.raises(ValueError, match="adc_share=0"):
+        EnergyTable(adc_share=0)
+    with pytest.raises(ValueError, match="input_shape"):
+        count_costs(q, cfg, "3x8x8")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="missing"):
+        Calibration.from_dict({})
+    with pytest.raises(ValueError, match="weights=()"):
+        sigma_table(cfg, ())
