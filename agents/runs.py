@@ -88,7 +88,7 @@ class RunFolder:
                 raise RunFolderError(f"--resume: {path} holds no run to resume (no {RUN_FILE})")
             old = read_meta(path)
             for key in ("algo", "env_id", "env_config", "settings"):
-                if old.get(key) != meta.get(key):
+                if old.get(key) != json.loads(json.dumps(meta.get(key))):  # as JSON: tuples are lists there
                     raise RunFolderError(f"--resume: the run in {path} was started with other {key} "
                                          f"({old.get(key)!r}); resume it with the same arguments")
             run = cls(path, {**old, **{k: v for k, v in meta.items() if k not in ("status", "progress")}})
