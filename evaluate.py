@@ -94,9 +94,9 @@ def load_policies(a: argparse.Namespace, sigmas: Sequence[float], spec: Any) -> 
         for name, (role, _kind, _args) in LEARNED.items():
             folder = root / name
             if not folder.is_dir() and a.train_missing:
-                cmd = train_command(name, a, sigmas, a.train_steps)
+                cmd = train_command(name, a, sigmas, a.train_steps) + ["--no-report"]
                 print(f"training missing {name} with a small budget ({a.train_steps} steps): {shlex.join(cmd)}", flush=True)
-                subprocess.run([sys.executable, *cmd[1:]], check=True)
+                subprocess.run([sys.executable, str(Path(__file__).resolve().parent / cmd[1]), *cmd[2:]], check=True)
             wanted.append((name, folder, role))
     wanted += [(Path(p).name, Path(p), None) for p in a.policies]
     methods, skipped = [], []

@@ -311,13 +311,14 @@ class PolicyMethod(Method):
     def from_env(cls, name: str, policy: Policy, env_id: str, env_config: Mapping[str, Any], policy_macs: int,
                  role: str | None = None, run_dir: str | None = None, run_hash: str | None = None) -> PolicyMethod:
         """Backbone and role from the environment: (variant, depth) of its action type and config; role
-        "noise-aware" when sigma is observed, else "sigma-hidden" (unless given)."""
+        "chip-aware" when the chip descriptor is observed, "noise-aware" when sigma is, else "sigma-hidden" (unless
+        given)."""
         from cim_gym.envs.config import EnvConfig
 
         config = EnvConfig(**dict(env_config))
         action_type = action_type_of(env_id)
         depth = config.depth or action_type.default_depth
-        role = role or ("noise-aware" if config.observe_sigma else "sigma-hidden")
+        role = role or ("chip-aware" if config.observe_chip else "noise-aware" if config.observe_sigma else "sigma-hidden")
         return cls(name=name, role=role, family="policy", variant=action_type.variant, depth=int(depth),
                    policy=policy, env=env_id, env_config=config.to_dict(), policy_macs=int(policy_macs),
                    run_dir=run_dir, run_hash=run_hash)

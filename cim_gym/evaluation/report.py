@@ -55,7 +55,8 @@ def tidy_rows(result: Any) -> list[dict[str, Any]]:
                          "usage": r["usage"], "backbone_macs": r["backbone_macs"], "decision_macs": r["decision_macs"],
                          "total_macs": r["total_macs"], "energy_pj": r["energy_pj"], "latency_ns": r["latency_ns"],
                          "choice": ""})
-    return rows
+    order = {name: i for i, name in enumerate(meta)}  # the sweep's method order
+    return sorted(rows, key=lambda r: (order[r["method"]], r["sigma_index"], r["chip"]))
 
 
 def _by(rows: Sequence[dict[str, Any]], *keys: str) -> dict[tuple[Any, ...], list[dict[str, Any]]]:

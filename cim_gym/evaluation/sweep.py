@@ -47,6 +47,8 @@ __all__ = [
 CellKey = tuple[str, int, int, int]
 """(variant, depth, sigma index, chip number)."""
 
+PROBE_IMAGES = 64
+"""Probe batch of the chip descriptor (``EnvConfig.probe_images``) in the sweep's environments."""
 RAY_INSTALL = 'pip install "cim-gym[ray]"  (or: pip install "ray>=2.9")'
 
 
@@ -148,6 +150,9 @@ def policy_config_problems(spec: SweepSpec, depth: int, env_config: Mapping[str,
     mine = spec.cim_config().scaled(spec.noise_source, 0.0).to_dict()
     if theirs != mine:
         problems.append(f"CIM config differing in {sorted(k for k in mine if mine[k] != theirs.get(k))}")
+    probe = env_config.get("probe_images", PROBE_IMAGES)
+    if env_config.get("observe_chip") and probe != PROBE_IMAGES:
+        problems.append(f"probe_images {probe} (sweep: {PROBE_IMAGES}, the chip descriptor's probe batch)")
     if env_config.get("backbone_kwargs"):
         problems.append(f"backbone_kwargs {env_config['backbone_kwargs']!r} (sweep: the registered backbone)")
     return problems
@@ -171,7 +176,8 @@ class BackboneContext:
         self.spec, self.variant, self.depth, self.val = spec, variant, int(depth), val
         config = EnvConfig(dataset=spec.dataset, depth=int(depth), split="test", data_root=spec.data_root, cim=spec.cim,
                            noise_source=spec.noise_source, sigmas=spec.sigmas, chips_per_sigma=spec.chips,
-                           chip_seed=spec.seed, calibration_images=spec.calibration_images, device=spec.device)
+                           chip_seed=spec.seed, calibration_images=spec.calibration_images, device=spec.device,
+                           observe_chip=True, probe_images=PROBE_IMAGES)  # keeps the chip descriptor's probe batch
         self.core = EnvCore(config, variant, int(depth))
         self.pool = ChipPool(self.core.model, self.core.cim, spec.sigmas, spec.chips, spec.seed, self.core.calibration,
                              spec.noise_source, cache_size=1)
@@ -222,11 +228,13 @@ class BackboneContext:
     def observe(self, env_config: Mapping[str, Any], image_ids: np.ndarray, chip_ids: np.ndarray) -> dict[str, np.ndarray]:
         """The observation batch the policy's own environment gives for these images and chips:
         :meth:`EnvCore.observe` of this backbone, with the policy's ``obs_mode`` and ``observe_sigma``."""
-        key = (str(env_config.get("obs_mode", "features")), bool(env_config.get("observe_sigma", True)))
+        key = (str(env_config.get("obs_mode", "features")), bool(env_config.get("observe_sigma", True)),
+               bool(env_config.get("observe_chip", False)))
         if key not in self._views:
             self.core.features(self.image_ids)  # fill the shared feature cache before copying the core
             view = copy.copy(self.core)
-            view.config = dataclasses.replace(self.core.config, obs_mode=key[0], observe_sigma=key[1])
+            view.config = dataclasses.replace(self.core.config, obs_mode=key[0], observe_sigma=key[1],
+                                              observe_chip=key[2])
             self._views[key] = view
         return self._views[key].observe(image_ids, chip_ids)
 

@@ -89,16 +89,22 @@ def test_every_method_sees_the_same_chips(sweep: Any) -> None:
     assert fingerprints[("blockdrop", 14, 1, 0)] != fingerprints[("blockdrop", 14, 1, 1)]  # chips do differ
 
 
-def test_policies_get_exactly_their_environments_observation(sweep: Any) -> None:
+def test_policies_get_their_environments_observation_keys(sweep: Any) -> None:
     aware, hidden = OBSERVED["aware"][-1], OBSERVED["hidden"][-1]
     assert set(aware) == {"features", "sigma"} and set(hidden) == {"features"}
+    assert len(aware["features"]) == len(sweep.cells[0]["methods"]["fixed-resnet8"]["correct"]) == SPEC.images
+
+
+@pytest.mark.parametrize("observe", [{}, {"observe_sigma": False, "observe_chip": True}])
+def test_policies_get_exactly_their_environments_observation(observe: dict[str, bool]) -> None:
     engine = Engine(SPEC, [m for m in methods() if m.name == "aware"])
     ctx = engine.contexts[("blockdrop", 14)]
     ids = ctx.image_ids
     envs = gym.make_vec("CIMBlockDrop-v0", num_envs=len(ids), vectorization_mode="vector_entry_point", dataset="digits",
-                        depth=14, split="test", sigmas=SPEC.sigmas, chips_per_sigma=SPEC.chips, chip_seed=SPEC.seed)
+                        depth=14, split="test", sigmas=SPEC.sigmas, chips_per_sigma=SPEC.chips, chip_seed=SPEC.seed,
+                        **observe)
     obs, info = envs.reset(seed=0, options={"sigma": 0.2, "chip": 1, "image": ids})
-    mine = ctx.observe({"dataset": "digits", "depth": 14}, ids, np.full(len(ids), ctx.pool.chip_index(2, 1)))
+    mine = ctx.observe({"dataset": "digits", "depth": 14, **observe}, ids, np.full(len(ids), ctx.pool.chip_index(2, 1)))
     assert set(mine) == set(obs)
     for k in obs:
         np.testing.assert_array_equal(mine[k], obs[k])

@@ -1,0 +1,77 @@
+"""evaluate.py: help, a small sweep end to end, one line per missing run folder, and --workers without Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import evaluate  # noqa: E402
+
+
+def test_help_names_every_option() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--help"], capture_output=True, text=True, check=True)
+    for option in ("--sigma-grid", "--noise-source", "--cim", "--chips", "--images", "--seed", "--workers",
+                   "--ray-address", "--policies", "--train-missing", "--out"):
+        assert option in out.stdout
+
+
+def test_small_sweep_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)  # no standard run folders here
+    args = ["--sigma-grid", "0", "0.1", "--chips", "2", "--images", "40", "--depths", "8", "--mask-drops", "1",
+            "--no-progress", "--out", "ev"]
+    assert evaluate.main(args) == 0
+    out = capsys.readouterr().out
+    skipped = [line for line in out.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == len(evaluate.LEARNED)
+    assert all("python train_agent.py" in line and "--out runs/digits/" in line for line in skipped)
+    assert "wrote ev/" in out
+    config = json.loads((tmp_path / "ev" / "config.json").read_text())
+    names = [m["name"] for m in config["sweep"]["methods"]]
+    assert names == ["fixed-resnet8", "mask-resnet20-drop1per-stage", "branchynet-lenient-resnet32",
+                     "branchynet-strict-resnet32"]
+    assert config["command"].startswith("python evaluate.py --sigma-grid 0 0.1")
+    assert len(config["skipped"]) == len(evaluate.LEARNED)
+    assert "## Left out" in (tmp_path / "ev" / "summary.md").read_text()
+    # the same command resumes: nothing is recomputed
+    assert evaluate.main(args) == 0
+    assert "12 of 12 cells resumed" in capsys.readouterr().out
+
+
+def test_workers_without_ray_says_how_to_install(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--workers", "2"])
+    assert 'pip install "cim-gym[ray]"' in capsys.readouterr().err
+
+
+def test_train_commands_name_the_standard_folders() -> None:
+    a = evaluate.parse_args(["--dataset", "fashion-mnist", "--noise-source", "read"])
+    cmd = evaluate.train_command("blockdrop-ideal-lowpenalty", a, (0.0, 0.1))
+    assert cmd[:2] == ["python", "train_agent.py"]
+    assert cmd[cmd.index("--sigmas") + 1] == "0" and cmd[-1] == "runs/fashion-mnist-read-ideal/blockdrop-ideal-lowpenalty"
+    noisy = evaluate.train_command("exit-nosigma", a, (0.0, 0.1), steps=500)
+    assert noisy[noisy.index("--sigma-range") + 1:noisy.index("--sigma-range") + 3] == ["0", "0.1"]
+    assert "--no-sigma" in noisy and noisy[-2:] == ["--steps", "500"]
+    assert evaluate.mask_drops(20) == [1, 2] and evaluate.mask_drops(56) == [2, 4, 7]
+
+
+def test_train_missing_runs_train_agent_with_a_small_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(evaluate.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    args = ["--sigma-grid", "0", "0.1", "--chips", "2", "--images", "20", "--depths", "8", "--mask-drops",
+            "--exit-depth", "110", "--train-missing", "--train-steps", "4096", "--no-progress", "--out", "ev"]
+    assert evaluate.main(args) == 0
+    out = capsys.readouterr().out
+    assert len(calls) == len(evaluate.LEARNED)
+    assert all(Path(c[1]) == ROOT / "train_agent.py" and c[c.index("--steps") + 1] == "4096" for c in calls)
+    assert out.count("with a small budget (4096 steps)") == len(evaluate.LEARNED)
+    assert "skipped branchynet: no multi-exit ResNet-110" in out
