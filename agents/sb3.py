@@ -380,7 +380,8 @@ def train_sb3(
     :param policy_kwargs: ``MultiInputPolicy`` arguments (default feature extractor: :class:`ScaledCombinedExtractor`).
     :param algo_kwargs: algorithm arguments over :func:`default_algo_kwargs`.
     :param checkpoint_dir: on Ctrl-C (``KeyboardInterrupt``), write a resumable checkpoint here, then re-raise.
-    :param resume_from: a folder written by :func:`save_sb3_checkpoint`: continue that run (same settings).
+    :param resume_from: a folder written by :func:`save_sb3_checkpoint`: continue that run (pass the same
+        settings). The environment is re-seeded with ``seed``, so an unpinned chip pool is the same pool again.
     :return: the trained model (``model.env`` is the :class:`SB3VecEnvAdapter`).
     """
     total_timesteps = _check_int("total_timesteps", total_timesteps, 1)
