@@ -71,6 +71,8 @@ class EpisodeDrawer:
 
     def draw(self, rng: np.random.Generator, n: int, options: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
         core, per_sigma = self.core, self.core.config.chips_per_sigma
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"options={options!r} is not allowed: expected None or a dict of {OPTION_KEYS}")
         options = dict(options or {})
         unknown = sorted(set(options) - set(OPTION_KEYS))
         if unknown:
@@ -117,6 +119,11 @@ class EpisodeDrawer:
             raise ValueError(f"reset option {name}={value!r} is not allowed: "
                              f"expected an integer in [0, {limit - 1}] (or {n} of them)")
         return array.astype(np.int64)
+
+
+def plain_seed(seed: Any) -> int | None:
+    """A ``reset`` seed as Gymnasium wants it: numpy integers become Python ints (anything else is checked by it)."""
+    return int(seed) if isinstance(seed, np.integer) else seed
 
 
 def episode_info(core: EnvCore, images: np.ndarray, chips: np.ndarray) -> dict[str, np.ndarray]:
@@ -183,7 +190,7 @@ class CIMEnv(gym.Env[dict[str, np.ndarray], Any]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        super().reset(seed=seed)
+        super().reset(seed=plain_seed(seed))
         self.drawer.ensure_pool(self.np_random, reseeded=seed is not None)
         images, chips = self.drawer.draw(self.np_random, 1, options)
         self._episode = (images, chips)
@@ -344,6 +351,9 @@ class CIMVectorEnv(VectorEnv[dict[str, np.ndarray], Any, np.ndarray]):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Start new episodes: all of them, or those of ``options["reset_mask"]`` (a bool array of shape (N,));
         ``options`` may also pin ``sigma``, ``chip`` and ``image`` (a value, or N of them)."""
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"options={options!r} is not allowed: expected None or a dict of "
+                             f"{(*OPTION_KEYS, 'reset_mask')}")
         options = dict(options or {})
         mask = options.pop("reset_mask", None)
         if mask is None:
@@ -355,7 +365,7 @@ class CIMVectorEnv(VectorEnv[dict[str, np.ndarray], Any, np.ndarray]):
             raise ValueError("reset option reset_mask is not allowed on the first reset: every sub-environment starts "
                              "an episode then (leave reset_mask out)")
         if seed is not None:
-            self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
+            self._np_random, self._np_random_seed = gym.utils.seeding.np_random(plain_seed(seed))
         self.drawer.ensure_pool(self.np_random, reseeded=seed is not None)
         self._start(mask, options)
         return self._current()

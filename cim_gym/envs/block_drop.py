@@ -20,7 +20,10 @@ class CIMBlockDropEnv(CIMEnv):
     ## Observation
     ``Dict``: ``features`` ``Box(float32, (16,))``, the clean backbone's stem and first stage, pooled (or ``image``
     ``Box(float32, (C, H, W))`` with ``obs_mode="image"``), and ``sigma`` ``Box(float32, (1,))``, the chip's noise
-    level (absent with ``observe_sigma=False``).
+    level (absent with ``observe_sigma=False``), and with ``observe_chip=True`` ``chip`` ``Box(0, 1, (D,), float32)``,
+    the chip's descriptor from its own test after programming (D = K + 2 = 11 for the default ResNet-20: per block
+    the output error against the digital model, then the probe accuracy and mean entropy; see
+    :mod:`cim_gym.envs.descriptor`). Any of sigma and chip, both or neither.
 
     ## Rewards
     ``reward="accuracy"`` (default): 1 if correct, ``-penalty`` if wrong. ``"blockdrop"``: ``1 - usage^2`` if
@@ -37,6 +40,11 @@ class CIMBlockDropEnv(CIMEnv):
     source, chips per sigma, chip seed and refresh, observation mode, observe_sigma, reward and penalties).
     Default backbone: ResNet-20 (K = 9) trained with stochastic depth, on digits.
 
+    ## Rendering
+    ``render_mode="rgb_array"``: ``render()`` returns the episode as an RGB array (the image, the chip's id and
+    sigma, then the path taken, prediction against label, MACs); ``"human"`` shows it in a
+    window where a display exists. Nothing is drawn unless asked.
+
     ## Registered Configurations
     ``CIMBlockDrop-v0`` (vector entry point: :class:`CIMBlockDropVectorEnv`).
     """
@@ -45,6 +53,10 @@ class CIMBlockDropEnv(CIMEnv):
 
 
 class CIMBlockDropVectorEnv(CIMVectorEnv):
-    """Batched ``CIMBlockDrop-v0``: ``gym.make_vec("CIMBlockDrop-v0", num_envs=N)``; see :class:`CIMBlockDropEnv`."""
+    """Batched ``CIMBlockDrop-v0``: ``gym.make_vec("CIMBlockDrop-v0", num_envs=N)``; see :class:`CIMBlockDropEnv`.
+
+    ``autoreset_mode`` ("same_step", "next_step", "disabled") and ``render_mode``: see
+    :class:`cim_gym.envs.CIMVectorEnv`.
+    """
 
     action_type, env_id = BlockDropAction, "CIMBlockDrop-v0"

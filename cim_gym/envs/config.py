@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +133,10 @@ class EnvConfig:
         ):
             if value not in choices:
                 _fail(name, value, f"one of {choices}")
+        if self.data_root is not None:
+            if not isinstance(self.data_root, (str, os.PathLike)):
+                _fail("data_root", self.data_root, "None or a folder path")
+            object.__setattr__(self, "data_root", os.fspath(self.data_root))
         if not isinstance(self.cim, (str, dict)):
             _fail("cim", self.cim, "a preset name or a CIMConfig dict")
         if self.sigmas is not None:

@@ -47,6 +47,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+SIGMA_MATCH_RTOL = 1e-6
+"""A pinned sigma matches a grid value within this relative tolerance (float32 carries about 7 digits)."""
+
+
 @dataclass
 class Outcome:
     """What a batch of episodes produced, one entry per episode (numpy arrays)."""
@@ -91,6 +95,10 @@ class EnvCore:
         self.images = split.images.to(self.device)
         self.labels = split.labels.to(self.device)
         self.sigmas = config.sigma_grid
+        for name in ("calibration_images", "probe_images"):
+            if getattr(config, name) > len(data.train.labels):
+                raise ValueError(f"{name}={getattr(config, name)} is not allowed: the {config.dataset!r} training "
+                                 f"split has {len(data.train.labels)} images (expected 1 to {len(data.train.labels)})")
         self.calibration = calibrate(self.model, self.cim, data.train.images[: config.calibration_images].to(self.device))
         # The chip descriptor's probe batch: training images only, whatever split the episodes draw from.
         self._probe_batch = (data.train.images[: config.probe_images].to(self.device),
@@ -164,14 +172,17 @@ class EnvCore:
         return describe_chips(self.probe, self.pool, np.asarray(chip_ids), self._descriptors)
 
     def sigma_index(self, sigma: float) -> int:
-        """Index of a pinned ``sigma`` in the grid, or a ValueError saying what the grid is."""
+        """Index of a pinned ``sigma`` in the grid, or a ValueError saying what the grid is. A value matches a grid
+        point to float32 precision, so the observed ``sigma`` (float32) pins its own group."""
         lo, hi = self.sigmas[0], self.sigmas[-1]
-        if not lo - 1e-12 <= sigma <= hi + 1e-12:
+        tol = SIGMA_MATCH_RTOL * max(1.0, abs(sigma))
+        if not lo - tol <= sigma <= hi + tol:
             raise ValueError(f"sigma={sigma!r} is outside the configured range [{lo}, {hi}]")
-        hits = [i for i, s in enumerate(self.sigmas) if abs(s - sigma) <= 1e-9 * max(1.0, abs(s))]
-        if not hits:
+        gaps = [abs(s - sigma) for s in self.sigmas]
+        best = int(np.argmin(gaps))
+        if gaps[best] > SIGMA_MATCH_RTOL * max(1.0, abs(self.sigmas[best])):
             raise ValueError(f"sigma={sigma!r} is not one of the configured sigmas {list(self.sigmas)}")
-        return hits[0]
+        return best
 
     # ---- observations -----------------------------------------------------------------------------------------
     @property

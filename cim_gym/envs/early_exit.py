@@ -19,7 +19,10 @@ class CIMEarlyExitEnv(CIMEnv):
 
     ## Observation
     ``Dict``: ``features`` ``Box(float32, (16,))`` (or ``image`` with ``obs_mode="image"``) and ``sigma``
-    ``Box(float32, (1,))`` (absent with ``observe_sigma=False``).
+    ``Box(float32, (1,))`` (absent with ``observe_sigma=False``); with ``observe_chip=True`` also ``chip``
+    ``Box(0, 1, (D,), float32)``, the chip's descriptor from its own test after programming (D = K + 2E = 21 for the
+    default ResNet-32: per block the output error against the digital model, then per exit the probe accuracy and
+    mean entropy; see :mod:`cim_gym.envs.descriptor`).
 
     ## Rewards
     ``"accuracy"`` (default): 1 if correct, ``-penalty`` if wrong. ``"blockdrop"``: ``1 - usage^2`` if correct,
@@ -34,6 +37,11 @@ class CIMEarlyExitEnv(CIMEnv):
     ## Arguments
     Every field of :class:`cim_gym.envs.EnvConfig`. Default backbone: the multi-exit ResNet-32 on digits.
 
+    ## Rendering
+    ``render_mode="rgb_array"``: ``render()`` returns the episode as an RGB array (the image, the chip's id and
+    sigma, then the path taken, prediction against label, MACs); ``"human"`` shows it in a
+    window where a display exists. Nothing is drawn unless asked.
+
     ## Registered Configurations
     ``CIMEarlyExit-v0`` (vector entry point: :class:`CIMEarlyExitVectorEnv`).
     """
@@ -42,6 +50,10 @@ class CIMEarlyExitEnv(CIMEnv):
 
 
 class CIMEarlyExitVectorEnv(CIMVectorEnv):
-    """Batched ``CIMEarlyExit-v0``: ``gym.make_vec("CIMEarlyExit-v0", num_envs=N)``; see :class:`CIMEarlyExitEnv`."""
+    """Batched ``CIMEarlyExit-v0``: ``gym.make_vec("CIMEarlyExit-v0", num_envs=N)``; see :class:`CIMEarlyExitEnv`.
+
+    ``autoreset_mode`` ("same_step", "next_step", "disabled") and ``render_mode``: see
+    :class:`cim_gym.envs.CIMVectorEnv`.
+    """
 
     action_type, env_id = EarlyExitAction, "CIMEarlyExit-v0"

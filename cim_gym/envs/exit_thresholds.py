@@ -22,7 +22,10 @@ class CIMExitThresholdsEnv(CIMEnv):
 
     ## Observation
     ``Dict``: ``features`` ``Box(float32, (16,))`` (or ``image`` with ``obs_mode="image"``) and ``sigma``
-    ``Box(float32, (1,))`` (absent with ``observe_sigma=False``).
+    ``Box(float32, (1,))`` (absent with ``observe_sigma=False``); with ``observe_chip=True`` also ``chip``
+    ``Box(0, 1, (D,), float32)``, the chip's descriptor from its own test after programming (D = K + 2E = 21 for the
+    default ResNet-32: per block the output error against the digital model, then per exit the probe accuracy and
+    mean entropy; see :mod:`cim_gym.envs.descriptor`).
 
     ## Rewards
     As in ``CIMEarlyExit-v0``: ``"accuracy"`` (default), ``"blockdrop"`` (usage = MACs of the path taken / MACs of
@@ -30,10 +33,16 @@ class CIMExitThresholdsEnv(CIMEnv):
 
     ## Termination
     One decision per episode: ``terminated=True`` after the first step. ``info`` holds correct, label, prediction,
-    path (the exit taken), sigma, chip_id, image_index, usage, macs, energy_pj, latency_ns.
+    path (the exit taken), exit_entropy (the entropy in nats at each early exit, shape (E-1,)), sigma, chip_id,
+    image_index, usage, macs, energy_pj, latency_ns.
 
     ## Arguments
     Every field of :class:`cim_gym.envs.EnvConfig`. Default backbone: the multi-exit ResNet-32 on digits.
+
+    ## Rendering
+    ``render_mode="rgb_array"``: ``render()`` returns the episode as an RGB array (the image, the chip's id and
+    sigma, then the path taken with each exit's entropy against its threshold, prediction against label, MACs);
+    ``"human"`` shows it in a window where a display exists. Nothing is drawn unless asked.
 
     ## Registered Configurations
     ``CIMExitThresholds-v0`` (vector entry point: :class:`CIMExitThresholdsVectorEnv`).
@@ -43,6 +52,10 @@ class CIMExitThresholdsEnv(CIMEnv):
 
 
 class CIMExitThresholdsVectorEnv(CIMVectorEnv):
-    """Batched ``CIMExitThresholds-v0``; see :class:`CIMExitThresholdsEnv`."""
+    """Batched ``CIMExitThresholds-v0``; see :class:`CIMExitThresholdsEnv`.
+
+    ``autoreset_mode`` ("same_step", "next_step", "disabled") and ``render_mode``: see
+    :class:`cim_gym.envs.CIMVectorEnv`.
+    """
 
     action_type, env_id = ExitThresholdsAction, "CIMExitThresholds-v0"
