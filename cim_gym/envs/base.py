@@ -141,6 +141,7 @@ def outcome_info(core: EnvCore, images: np.ndarray, chips: np.ndarray, out: Outc
         "macs": out.macs,
         "energy_pj": out.energy_pj,
         "latency_ns": out.latency_ns,
+        **out.extras,
     }
 
 

@@ -217,3 +217,66 @@ def test_short_ppo_run(env_id: str) -> None:
     model = PPO("MultiInputPolicy", make(env_id), n_steps=64, batch_size=32, n_epochs=1, seed=0, device="cpu")
     model.learn(total_timesteps=256)
     assert model.num_timesteps >= 256
+
+
+def test_the_classes_the_readme_names_are_exported() -> None:
+    import cim_gym.envs as envs
+
+    for env_id, target in ENVIRONMENTS.items():
+        name = target.split(":")[1]
+        for suffix, entry_point in (("Env", gym.spec(env_id).entry_point),
+                                    ("VectorEnv", gym.spec(env_id).vector_entry_point)):
+            cls = getattr(envs, f"{name}{suffix}")
+            assert f"{cls.__module__}:{cls.__name__}" == entry_point  # the registered class, by its README name
+        assert f"{name}Env" in envs.__all__ and f"{name}VectorEnv" in envs.__all__
+    assert issubclass(envs.CIMBlockDropEnv, envs.CIMEnv) and issubclass(envs.CIMEarlyExitVectorEnv, envs.CIMVectorEnv)
+    env = envs.CIMEarlyExitEnv(**SMALL)  # the class itself works, as gym.make builds it
+    assert env.reset(seed=0)[0]["features"].shape == (16,)
+
+
+def test_numpy_scalars_are_numbers() -> None:
+    import json
+
+    env = make("CIMBlockDrop-v0", sigmas=np.array([0.0, 0.05], dtype=np.float32), chips_per_sigma=np.int64(2),
+               chip_seed=np.int64(3), depth=np.int64(20), penalty=np.float32(0.5), probe_images=np.int32(8))
+    config = env.unwrapped.config
+    assert config.chips_per_sigma == 2 and type(config.chips_per_sigma) is int and type(config.chip_seed) is int
+    assert type(config.penalty) is float and all(type(s) is float for s in config.sigmas)
+    json.dumps(config.to_dict())  # JSON-safe: the spec round-trips
+    obs, info = env.reset(seed=np.int64(1), options={"sigma": np.float32(0.05), "chip": np.int64(1)})
+    assert info["sigma"] == pytest.approx(0.05) and info["chip_id"] == 3
+    env.reset(options={"sigma": obs["sigma"][0]})  # the observed float32 sigma pins its own group
+    with pytest.raises(ValueError, match="chips_per_sigma=True"):
+        make("CIMBlockDrop-v0", chips_per_sigma=True)
+
+
+def test_backbone_kwargs_takes_a_folder_as_its_docstring_says() -> None:
+    from pathlib import Path
+
+    import cim_gym.backbones
+
+    weights = Path(cim_gym.backbones.__file__).parent / "weights"
+    env = make("CIMBlockDrop-v0", backbone_kwargs={"folder": str(weights)})
+    assert env.unwrapped.core.backbone.name == "digits-resnet20-blockdrop"
+    with pytest.raises(ValueError, match="backbone_kwargs=.*'variant' is not one"):
+        make("CIMBlockDrop-v0", backbone_kwargs={"variant": "multiexit"})
+    with pytest.raises(ValueError, match=r"backbone_kwargs\['folder'\]=3 is not allowed"):
+        make("CIMBlockDrop-v0", backbone_kwargs={"folder": 3})
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"sigmas": 0.1}, "sigmas=0.1"), ({"sigmas": [float("nan")]}, "sigmas"), ({"data_root": 123}, "data_root=123"),
+    ({"calibration_images": 10**6}, "calibration_images=1000000"), ({"observe_sigma": 1}, "observe_sigma=1"),
+])
+def test_more_bad_settings_are_clear_errors(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        gym.make("CIMBlockDrop-v0", **kwargs)
+
+
+def test_bad_reset_options_are_clear_errors() -> None:
+    env = make("CIMEarlyExit-v0")
+    env.reset(seed=0)
+    for options, match in (([1], "options=\\[1\\] is not allowed"), ({"sigma": "a"}, "sigma='a'"),
+                           ({"chip": True}, "chip=True"), ({"image": 1.5}, "image=1.5"), ({"image": -1}, "image=-1")):
+        with pytest.raises(ValueError, match=match):
+            env.reset(options=options)
