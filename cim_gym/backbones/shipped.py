@@ -2,7 +2,6 @@
 
     python -m cim_gym.backbones.shipped train --dataset digits         # train (or resume) every digits checkpoint
     python -m cim_gym.backbones.shipped table                          # Markdown table of the shipped sidecars
-    python -m cim_gym.backbones.shipped sigma-table                    # their accuracy on noisy chips
 
 Each entry is a list of arguments to ``python -m cim_gym.backbones.train`` (``--ship`` is added: the checkpoint
 goes into ``cim_gym/backbones/weights``). Runs go one at a time; an interrupted one resumes from its run folder.
@@ -15,9 +14,8 @@ import json
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from cim_gym.backbones.checkpoint import SHIPPED_DIR, atomic_write
+from cim_gym.backbones.checkpoint import SHIPPED_DIR
 
 DIGITS_COMMON = "--dataset digits --epochs 60 --batch-size 64 --seed 0"
 # Digits were trained with --threads 2 (QAT throughout). Fashion-MNIST: one recipe for every depth -- random crop +
@@ -84,61 +82,6 @@ def table() -> str:
     return "\n".join(rows)
 
 
-def sigma_table(names: Sequence[str], sigmas: Sequence[float], chips: int, images: int, out: Path) -> str:
-    """Test accuracy of shipped checkpoints on noisy chips (programming variation, seeds 0..chips-1; mean, min and
-    max over chips), written to ``out`` (CSV) and returned as a Markdown table. Multi-exit: the last exit."""
-    import csv
-
-    import torch
-    from tqdm import tqdm
-
-    from cim_gym.backbones import load_backbone
-    from cim_gym.backbones.noise_study import subset
-    from cim_gym.backbones.train import evaluate
-    from cim_gym.data import load_dataset
-    from cim_gym.hardware.chip import calibrate, program
-
-    rows, md = [], ["| checkpoint | test images | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " |",
-                    "| --- | --- | " + " | ".join("---" for _ in sigmas) + " |"]
-    bar = tqdm(total=len(names) * sum(chips if s > 0 else 1 for s in sigmas), desc="sigma table", unit="chip")
-    datasets: dict[tuple, Any] = {}  # checkpoints of one data set share its (slow to read) splits
-    for name in names:
-        bb = load_backbone(name)
-        m = bb.meta["dataset"]
-        key = (m["name"], m["val_fraction"], m["split_seed"])
-        if key not in datasets:
-            datasets[key] = load_dataset(m["name"], val_fraction=m["val_fraction"], seed=m["split_seed"])
-        data = datasets[key]
-        idx = subset(data.test.labels, images)
-        x, y = data.test.images[idx], data.test.labels[idx]
-        cal = calibrate(bb.model, bb.quant_config, data.train.images[:256])
-        cells = []
-        for sigma in sigmas:
-            accs = []
-            for seed in range(chips if sigma > 0 else 1):
-                chip = program(bb.model, bb.quant_config, sigma=sigma, seed=seed, calibration=cal)
-                with torch.no_grad():
-                    accs.append(float(evaluate(chip, x, y, batch_size=500).flatten()[-1]))
-                rows.append({"name": name, "sigma": sigma, "chip_seed": seed, "accuracy": round(accs[-1], 3),
-                             "n_images": len(y)})
-                bar.update()
-            mean = sum(accs) / len(accs)
-            cells.append(f"{mean:.1f}" + (f" ({min(accs):.1f}-{max(accs):.1f})" if len(accs) > 1 else ""))
-        md.append(f"| {name} | {len(y)} | " + " | ".join(cells) + " |")
-        bar.write(md[-1])
-    bar.close()
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["name", "sigma", "chip_seed", "accuracy", "n_images"])
-            writer.writeheader()
-            writer.writerows(rows)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, write)
-    return "\n".join(md)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cim_gym.backbones.shipped", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,23 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--out", default=None,
                    help="write the checkpoints to this folder instead of the package (check them, then copy them in)")
     sub.add_parser("table", help="print the Markdown table of the shipped checkpoints")
-    st = sub.add_parser("sigma-table", help="accuracy of shipped checkpoints on noisy chips (programming variation)")
-    st.add_argument("--dataset", default=None, help="only this data set's checkpoints")
-    st.add_argument("--name", nargs="+", default=None, help="checkpoints (default: every shipped one)")
-    st.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
-    st.add_argument("--chips", type=int, default=5)
-    st.add_argument("--images", type=int, default=2000, help="test images (fixed random subset; 0: all)")
-    st.add_argument("--out", default=None, help="CSV path (default benchmarks/results/shipped_sigma_<dataset>.csv)")
-    st.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.cmd == "table":
         print(table())
         return 0
-    if args.cmd == "sigma-table":
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
     names = args.name or [n for n in SHIPPED if args.dataset is None or n.startswith(args.dataset + "-resnet")]
     unknown = [n for n in names if n not in SHIPPED]
     if unknown:
@@ -175,11 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not names:
         p.error(f"--dataset {args.dataset!r} has no shipped checkpoints; data sets: "
                 f"{sorted({n.rsplit('-resnet', 1)[0] for n in SHIPPED})}")
-    if args.cmd == "sigma-table":
-        names = [n for n in names if (SHIPPED_DIR / f"{n}.json").is_file()]
-        out = Path(args.out or f"benchmarks/results/shipped_sigma_{args.dataset or 'all'}.csv")
-        print(sigma_table(names, args.sigmas, args.chips, args.images, out))
-        return 0
     train(names, args.threads, args.skip_existing, None if args.out is None else Path(args.out))
     return 0
 

@@ -2,9 +2,9 @@
 
 The end of each grid is *measured*, not guessed: :func:`measure_limit` scans sigma upward in steps on the deepest
 shipped block-drop backbone of the data set (every block run, ``chips`` chips per point, the sweep's chip seeds)
-and stops at the first sigma whose mean accuracy over chips is at most half the clean one. ``python evaluate.py
---measure-grid`` runs it; the values below are its output (ideal CIM preset, 5 chips, all test images for digits,
-1000 for Fashion-MNIST), and a data set or noise source not listed is measured on the fly.
+and stops at the first sigma whose mean accuracy over chips is at most half the clean one (coarse steps first).
+``python evaluate.py --measure-grid`` runs it; the values below are its output (ideal CIM preset, 5 chips, all
+test images), and a data set or noise source not listed is measured on the fly.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import numpy as np
 
 __all__ = ["GRID_POINTS", "MEASURED_LIMITS", "default_grid", "grid_from_limit", "measure_limit", "shipped_depths"]
 
+COARSE = 5
+"""The scan first steps by COARSE x step, then by step after the last coarse point still above half."""
 GRID_POINTS = 8
 """Points of a default grid (the protocol asks for at least 8)."""
 
@@ -54,7 +56,8 @@ def measure_limit(dataset: str, noise_source: str = "programming", cim: str | di
                   images: int = 1000, seed: int = 0, step: float | None = None, max_sigma: float = 1.0,
                   calibration_images: int = 256, log: Callable[[str], None] = print) -> float:
     """The first sigma (a multiple of ``step``) at which the deepest shipped block-drop backbone's mean accuracy over
-    ``chips`` chips is at most half its clean accuracy.
+    ``chips`` chips is at most half its clean accuracy (coarse steps of ``COARSE x step`` first, then every step after
+    the last coarse point still above half).
 
     :raises RuntimeError: not reached up to ``max_sigma``.
     """
@@ -77,11 +80,20 @@ def measure_limit(dataset: str, noise_source: str = "programming", cim: str | di
 
     clean = mean_accuracy(0)
     log(f"{method.name} on {dataset}, {noise_source}: clean {clean:.1f} %")
-    for s in range(1, len(sigmas)):
+
+    def below_half(s: int) -> bool:
         acc = mean_accuracy(s)
         log(f"  sigma {sigmas[s]:g}: {acc:.1f} %")
-        if acc <= clean / 2:
-            return sigmas[s]
+        return acc <= clean / 2
+
+    # coarse steps of 5 x step, then the fine steps after the last coarse point still above half
+    last_above = 0
+    for s in [*range(COARSE, len(sigmas), COARSE), len(sigmas) - 1]:
+        if s <= last_above:
+            continue
+        if below_half(s):
+            return next((sigmas[f] for f in range(last_above + 1, s) if below_half(f)), sigmas[s])
+        last_above = s
     raise RuntimeError(f"{method.name} keeps more than half its clean accuracy up to sigma {max_sigma:g}")
 
 

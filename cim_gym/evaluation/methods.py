@@ -2,6 +2,7 @@
 actions to run (a block mask, an exit, or entropy thresholds); the environment's own action types execute them.
 
 - :class:`FixedDepth`: a block-drop backbone of one depth, every block run (the proposal's ordinary model);
+- :class:`FixedExit`: a multi-exit backbone, every image leaving at one exit (the last: the full network);
 - :class:`StaticMask`: one fixed block mask for every image and chip (here: the last blocks of each stage dropped);
 - :class:`EntropyExits`: BranchyNet's entropy rule with thresholds chosen on the validation split;
 - :class:`PolicyMethod`: a learned policy as a callable from an observation batch to an action batch. Its
@@ -30,6 +31,7 @@ __all__ = [
     "ROLES",
     "EntropyExits",
     "FixedDepth",
+    "FixedExit",
     "Method",
     "PolicyMethod",
     "StaticMask",
@@ -203,6 +205,37 @@ class FixedDepth(Method):
 
     def actions(self, ctx: BackboneContext, image_ids: np.ndarray, chip_ids: np.ndarray) -> np.ndarray:
         return np.ones((len(image_ids), ctx.core.model.num_blocks), dtype=np.int8)
+
+
+@dataclass
+class FixedExit(Method):
+    """A multi-exit backbone with every image leaving at one exit (default: the last, i.e. the full network)."""
+
+    name: str = ""
+    role: str = "baseline"
+    family: str = "fixed"
+    variant: str = "multiexit"
+    depth: int = 32
+    exit: int = -1
+    """The exit (0 = shallowest; negative counts from the last)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.exit, bool) or not isinstance(self.exit, int):
+            raise ValueError(f"exit={self.exit!r} is not allowed: expected an integer exit index")
+        self.name = self.name or f"fixed-multiexit-resnet{self.depth}-exit{self.exit}"
+        super().__post_init__()
+
+    def env_id(self) -> str:
+        return "CIMEarlyExit-v0"
+
+    def actions(self, ctx: BackboneContext, image_ids: np.ndarray, chip_ids: np.ndarray) -> np.ndarray:
+        num_exits = ctx.core.model.num_exits
+        if not -num_exits <= self.exit < num_exits:
+            raise ValueError(f"exit={self.exit} is not allowed: the backbone has {num_exits} exits")
+        return np.full(len(image_ids), self.exit % num_exits, dtype=np.int64)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "exit": self.exit}
 
 
 @dataclass

@@ -126,11 +126,13 @@ class SweepSpec:
         return self.noise_source != "programming" or cfg.read_noise > 0 or cfg.output_noise > 0
 
 
-def image_subset(n_total: int, n: int, seed: int) -> np.ndarray:
-    """Sorted indices of a fixed random subset of ``n`` of ``n_total`` test images (all when n == 0 or n >= total)."""
+def image_subset(n_total: int, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a fixed random subset of ``n`` of ``n_total`` test images (all when n <= 0 or n >= total):
+    the first ``n`` of a permutation from its own seeded generator (every sweep and study draws its images here)."""
     if n <= 0 or n >= n_total:
         return np.arange(n_total)
-    return np.sort(np.random.default_rng(seed).choice(n_total, size=n, replace=False))
+    perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(int(seed)))
+    return np.sort(perm[:n].numpy())
 
 
 def policy_config_problems(spec: SweepSpec, depth: int, env_config: Mapping[str, Any]) -> list[str]:

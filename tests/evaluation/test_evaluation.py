@@ -254,3 +254,17 @@ def test_ray_and_serial_runs_agree(tmp_path: Path) -> None:
     parallel = run_sweep(spec, ms, tmp_path / "ray", workers=2, progress=False, report=False)
     assert parallel.ran == serial.ran == len(serial.cells) == 3 * 2 * 2
     assert parallel.cells == serial.cells
+
+
+def test_default_grid_is_measured_where_the_deepest_model_halves() -> None:
+    from cim_gym.evaluation.grids import default_grid, grid_from_limit, measure_limit
+
+    lines: list[str] = []
+    limit = measure_limit("digits", chips=2, images=60, step=0.05, log=lines.append)
+    clean = float(lines[0].rsplit("clean ", 1)[1].split(" %")[0])
+    measured = {float(line.split()[1].rstrip(":")): float(line.split()[2]) for line in lines[1:]}
+    assert measured[limit] <= clean / 2
+    assert all(acc > clean / 2 for s, acc in measured.items() if s < limit)
+    grid = grid_from_limit(limit)
+    assert len(grid) >= 8 and grid[0] == 0.0 and grid[-1] == limit
+    assert default_grid("digits", "programming") == grid_from_limit(0.19)  # recorded, not re-measured

@@ -1,6 +1,6 @@
 """How depth and noise interact: accuracy of every backbone depth vs the level of each noise source.
 
-    python -m cim_gym.backbones.noise_study --dataset fashion-mnist --depths 8 20 32 56 --chips 5
+    python -m cim_gym.evaluation.noise_study --dataset fashion-mnist --depths 8 20 32 56 --chips 5
 
 For each depth (a shipped or cached block-drop backbone, all blocks run) and each noise source of the simulator,
 programme ``--chips`` chips per level (seeds 0..chips-1, the same seeds for every depth) and measure test accuracy
@@ -15,6 +15,10 @@ on a fixed subset of the test split:
 Everything else is the backbone's own quantization config (ideal ADC, no drift) unless ``--preset`` names a
 hardware preset. Writes ``<out>.csv`` (one row per depth, source, level, chip) and ``<out>.png`` (mean and range
 over chips). Nothing is tuned toward an expected outcome: the levels are fixed grids given on the command line.
+
+Unlike a sigma sweep (:mod:`cim_gym.evaluation.sweep`), a level here is not always a noise std (ADC bits), read
+noise is evaluated in small batches to average many draws, and chip seeds are 0..chips-1 (the seeds of the recorded
+studies in ``benchmarks/results``); the test images come from the same :func:`~cim_gym.evaluation.sweep.image_subset`.
 """
 
 from __future__ import annotations
@@ -45,12 +49,10 @@ READ_NOISE_BATCH = 25
 
 def chip_config(base: Any, source: str, level: float) -> tuple[Any, float]:
     """(config, sigma for ``program``) of one point of the sweep."""
-    if source == "programming":
-        return base.replace(sigma=float(level)), float(level)
-    if source == "read":
-        return base.replace(read_noise=float(level)), 0.0
-    if source == "output":
-        return base.replace(output_noise=float(level)), 0.0
+    from cim_gym.hardware.config import NOISE_SOURCES
+
+    if source in NOISE_SOURCES:  # the hardware's one mapping of noise source -> config field
+        return base.scaled(source, float(level)), float(level) if source == "programming" else 0.0
     if source == "adc":
         return base.replace(adc_bits=int(level)), 0.0
     raise ValueError(f"source={source!r} is not allowed: expected one of {SOURCES}")
@@ -62,10 +64,10 @@ def chips_at(source: str, level: float, chips: int) -> int:
 
 
 def subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    """A fixed random subset of ``n`` test indices (all of them when n <= 0 or n >= len)."""
-    if n <= 0 or n >= len(labels):
-        return torch.arange(len(labels))
-    return torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    """A fixed random subset of ``n`` test indices (all of them when n <= 0 or n >= len): the sweeps' rule."""
+    from cim_gym.evaluation.sweep import image_subset
+
+    return torch.as_tensor(image_subset(len(labels), n, seed))
 
 
 def run_study(
@@ -177,7 +179,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cim_gym.backbones.noise_study", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m cim_gym.evaluation.noise_study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="fashion-mnist", help="data set of the backbones (default fashion-mnist)")
     p.add_argument("--depths", type=int, nargs="+", default=[8, 20, 32, 56], help="backbone depths (default 8 20 32 56)")

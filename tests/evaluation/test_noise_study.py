@@ -3,11 +3,7 @@
 import csv
 from pathlib import Path
 
-import pytest
-
-pytest.importorskip("cim_gym.hardware.chip")
-
-from cim_gym.backbones.noise_study import main  # noqa: E402
+from cim_gym.evaluation.noise_study import main
 
 
 def test_noise_study_writes_csv_and_png(tmp_path: Path) -> None:
