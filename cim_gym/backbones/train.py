@@ -42,11 +42,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cim_gym.backbones.checkpoint import (
+    DEFAULT_SURVIVAL,
     VARIANTS,
     architecture_of,
     atomic_write,
     backbone_name,
     cache_dir,
+    recipe_label,
     save_checkpoint,
 )
 from cim_gym.hardware.config import NOISE_SOURCES
@@ -88,7 +90,8 @@ class TrainSettings:
     """Linear warm-up length in epochs, for the cosine schedule."""
     survival: float | None = None
     """Per-sample per-block survival probability of stochastic depth; None: 0.8 for blockdrop, 1.0 (off) for
-    multiexit. Dropped blocks follow BlockDrop's semantics (the block becomes its shortcut)."""
+    multiexit. Dropped blocks follow BlockDrop's semantics (the block becomes its shortcut). A value other than the
+    variant's default is part of the checkpoint's name (its recipe: ``no-stochastic-depth``, ``stochastic-depth``)."""
     exit_weights: tuple[float, ...] | None = None
     """Weights of the exit losses (normalized to sum 1), shallowest exit first; None: (1.0, 0.6, 0.3) for 3 exits,
     else linear from 1.0 to 0.3 (the proposal's decreasing weights). ``1 1 1`` gives BranchyNet's equal weights."""
@@ -108,7 +111,8 @@ class TrainSettings:
     val_fraction: float = 0.1
     """Share of the training set held out (stratified) for validation and model selection."""
     seed: int = 0
-    """Seed of everything: initialization, the train/val split, shuffling, augmentation, masks, noise."""
+    """Seed of everything: initialization, the train/val split, shuffling, augmentation, masks, noise. A seed other
+    than 0 is part of the checkpoint's name (recipe ``seed<n>``)."""
     mask_eval_draws: int = 5
     """Random masks per test image (each a different draw) when measuring accuracy at 1/3 and 2/3 of the blocks."""
     device: str = "auto"
@@ -173,8 +177,6 @@ class TrainSettings:
             self.survival = float(self.survival)
             if not 0.0 < self.survival <= 1.0:
                 raise ValueError(f"survival={self.survival!r} is not allowed: expected a probability in (0, 1]")
-        if self.variant == "multiexit" and self.survival not in (None, 1.0):
-            raise ValueError("survival < 1 needs variant='blockdrop' (MultiExitResNet takes no block mask)")
         for name in ("augment", "progress", "flush_denormal", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: expected True or False")
@@ -205,13 +207,20 @@ class TrainSettings:
 
     @property
     def name(self) -> str:
-        return backbone_name(self.dataset, self.depth, self.variant)
+        """The checkpoint's name: ``<dataset>-resnet<depth>-<variant>[-<recipe>]``."""
+        return backbone_name(self.dataset, self.depth, self.variant, self.recipe)
+
+    @property
+    def recipe(self) -> str:
+        """The recipe part of the name (``recipe_label``): "standard", "no-stochastic-depth", "seed1", ..."""
+        return recipe_label(self.variant, self.survival_p, self.seed)
 
     @property
     def survival_p(self) -> float:
+        """The survival probability in effect (``survival``, else the variant's default)."""
         if self.survival is not None:
             return float(self.survival)
-        return 0.8 if self.variant == "blockdrop" else 1.0
+        return DEFAULT_SURVIVAL[self.variant]
 
     def result_fields(self) -> dict[str, Any]:
         """The settings that determine the trained weights (everything but the runtime ones)."""
@@ -305,6 +314,17 @@ def random_keep_masks(batch: int, blocks: int, keep: int, gen: torch.Generator) 
     mask = torch.zeros(batch, blocks, dtype=torch.bool)
     mask.scatter_(1, order[:, :keep], True)
     return mask
+
+
+def multiexit_logits(model: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
+    """Every exit's logits (E, B, classes) of a (quantized) MultiExitResNet with per-sample block masks (B, K):
+    stochastic depth for multi-exit training (a dropped block becomes its shortcut, as in block-drop)."""
+    h, start, outputs = model.stem(x), 0, []
+    for e, stop in enumerate(model.exit_after):
+        h = model.run_blocks(h, mask, start, stop + 1)
+        start = stop + 1
+        outputs.append(model.exit_module(e)(h))
+    return torch.stack(outputs)
 
 
 def default_exit_weights(num_exits: int) -> tuple[float, ...]:
@@ -527,10 +547,15 @@ def _train(s: TrainSettings) -> Path:
                 x = augment_batch(x, gen, pad, flip, fill)
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            mask = survival_mask(len(idx), model.num_blocks, p_keep, gen) if (not multi and p_keep < 1.0) else None
+            mask = survival_mask(len(idx), model.num_blocks, p_keep, gen) if p_keep < 1.0 else None
             sigma = float(torch.rand((), generator=noise_gen)) * s.noise_aware_sigma if s.noise_aware_sigma > 0 else 0.0
             with _noise(model, cfg, s.noise_source, sigma if qat else 0.0, noise_gen):
-                out = model(x) if mask is None else model(x, mask=mask.to(device))
+                if mask is None:
+                    out = model(x)
+                elif multi:
+                    out = multiexit_logits(model, x, mask.to(device))
+                else:
+                    out = model(x, mask=mask.to(device))
             if multi:
                 losses = torch.stack([F.cross_entropy(o, y) for o in out])
                 loss = (exit_w * losses).sum()

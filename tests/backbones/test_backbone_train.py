@@ -29,7 +29,7 @@ def settings(tmp_path: Path, run: str, **kw) -> TrainSettings:
 
 
 def weights(sidecar: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(sidecar.with_suffix(".safetensors")))
+    return load_file(str(sidecar.with_name(json.loads(sidecar.read_text())["file"])))
 
 
 def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -87,7 +87,8 @@ def test_multiexit_training_writes_per_exit_accuracy(tmp_path: Path, monkeypatch
     meta = json.loads(sidecar.read_text())
     assert len(meta["accuracy"]["test_per_exit"]) == 3 == meta["architecture"]["num_exits"]
     assert meta["training"]["exit_weights"] == [1.0, 0.6, 0.3]
-    bb = load_backbone("digits", depth=14, variant="multiexit")
+    assert sidecar.name == "digits-resnet14-multiexit-seed3.json"  # seed 3: part of the name
+    bb = load_backbone("digits", depth=14, variant="multiexit", recipe="seed3")
     assert bb.model(torch.zeros(2, 1, 8, 8)).shape == (3, 2, 10)
 
 
@@ -131,8 +132,8 @@ def test_settings_validation_and_command_round_trip() -> None:
         TrainSettings(depth=21)
     with pytest.raises(ValueError, match="variant"):
         TrainSettings(variant="plain")
-    with pytest.raises(ValueError, match="survival"):
-        TrainSettings(variant="multiexit", survival=0.5)
+    with pytest.raises(ValueError, match="survival=1.5"):
+        TrainSettings(variant="multiexit", survival=1.5)
     s = TrainSettings(dataset="fashion-mnist", depth=56, variant="multiexit", epochs=7, exit_weights=(1, 1, 1),
                       noise_aware_sigma=0.1, augment=False)
     cmd = s.command()
@@ -225,3 +226,30 @@ def test_an_output_folder_that_cannot_be_written_fails_before_training(tmp_path:
     with pytest.raises(ValueError, match="out=.*cannot be written"):
         train_backbone(s)
     assert not Path(s.run_dir).exists()
+
+
+def test_the_recipe_is_part_of_the_name() -> None:
+    assert TrainSettings(dataset="fashion-mnist", depth=20).name == "fashion-mnist-resnet20-blockdrop"
+    assert TrainSettings(depth=20, survival=1.0).name == "digits-resnet20-blockdrop-no-stochastic-depth"
+    assert TrainSettings(depth=20, survival=0.8).name == "digits-resnet20-blockdrop"  # the default, spelled out
+    assert TrainSettings(depth=32, variant="multiexit", survival=0.8).name == "digits-resnet32-multiexit-stochastic-depth"
+    assert TrainSettings(depth=56, survival=1.0, seed=1).name == "digits-resnet56-blockdrop-no-stochastic-depth-seed1"
+    assert TrainSettings(depth=8, survival=0.5).recipe == "survival0.5"
+
+
+def test_multiexit_with_stochastic_depth_drops_blocks_in_training(tmp_path: Path) -> None:
+    from cim_gym.backbones.train import multiexit_logits
+    from cim_gym.models import MultiExitResNet
+
+    torch.manual_seed(0)
+    model = MultiExitResNet(14, 10, 1).eval()
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        keep_all = multiexit_logits(model, x, torch.ones(3, model.num_blocks, dtype=torch.bool))
+        torch.testing.assert_close(keep_all, model(x))
+        dropped = multiexit_logits(model, x, torch.zeros(3, model.num_blocks, dtype=torch.bool))
+    assert not torch.allclose(dropped, keep_all)
+    sidecar = train_backbone(settings(tmp_path, "mesd", variant="multiexit", depth=14, survival=0.8, seed=0))
+    assert sidecar.name == "digits-resnet14-multiexit-stochastic-depth.json"
+    meta = json.loads(sidecar.read_text())
+    assert meta["training"]["survival"] == 0.8 and "--survival 0.8" in meta["training"]["command"]
