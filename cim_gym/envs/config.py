@@ -18,7 +18,7 @@ OBS_MODES = ("features", "image")
 REWARDS = ("accuracy", "blockdrop", "energy")
 SPLITS = ("train", "val", "test")
 DEVICES = ("auto", "cpu", "cuda")
-BACKBONE_KWARGS = ("folder",)
+BACKBONE_KWARGS = ("folder", "recipe")
 
 
 def __getattr__(name: str) -> Any:
@@ -111,7 +111,8 @@ class EnvConfig:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments of ``cim_gym.backbones.load_backbone`` beyond what the environment sets itself
     (data set, depth, variant, device): ``{"folder": "runs/backbones"}`` loads a retrained backbone from that
-    folder (the ``--out`` of ``python -m cim_gym.backbones.train``)."""
+    folder (the ``--out`` of ``python -m cim_gym.backbones.train``); ``{"recipe": "no-stochastic-depth"}`` selects
+    a backbone trained by another recipe (``cim_gym.backbones.recipes_of`` lists them)."""
 
     def __post_init__(self) -> None:
         from cim_gym.data import DATASETS
@@ -180,7 +181,7 @@ class EnvConfig:
                 _fail("backbone_kwargs", self.backbone_kwargs, f"keys among {BACKBONE_KWARGS} (the environment sets "
                       f"dataset, depth, variant and device itself; {key!r} is not one)")
             if not isinstance(value, str):
-                _fail(f"backbone_kwargs[{key!r}]", value, "a folder path (str)")
+                _fail(f"backbone_kwargs[{key!r}]", value, "a folder path (str)" if key == "folder" else "a recipe name (str)")
 
     @property
     def sigma_grid(self) -> tuple[float, ...]:
