@@ -253,3 +253,23 @@ def test_multiexit_with_stochastic_depth_drops_blocks_in_training(tmp_path: Path
     assert sidecar.name == "digits-resnet14-multiexit-stochastic-depth.json"
     meta = json.loads(sidecar.read_text())
     assert meta["training"]["survival"] == 0.8 and "--survival 0.8" in meta["training"]["command"]
+
+
+def test_an_environment_selects_a_recipe_through_backbone_kwargs(tmp_path: Path) -> None:
+    import gymnasium as gym
+
+    import cim_gym  # noqa: F401  (registers the ids)
+    from cim_gym.backbones import BackboneNotFoundError
+
+    out = tmp_path / "out"
+    sidecar = train_backbone(settings(tmp_path, "nosd", survival=1.0, seed=0, out=str(out)))
+    assert sidecar.name == "digits-resnet8-blockdrop-no-stochastic-depth.json"
+    kwargs = dict(dataset="digits", depth=8, sigmas=[0.0, 0.05], chips_per_sigma=1, probe_images=8, calibration_images=16)
+    env = gym.make("CIMBlockDrop-v0", backbone_kwargs={"folder": str(out), "recipe": "no-stochastic-depth"}, **kwargs)
+    assert env.unwrapped.core.backbone.name == "digits-resnet8-blockdrop-no-stochastic-depth"
+    env.reset(seed=0)
+    env.close()
+    with pytest.raises(BackboneNotFoundError, match=r"recipe 'seed1'.*\['no-stochastic-depth'\]"):
+        gym.make("CIMBlockDrop-v0", backbone_kwargs={"folder": str(out), "recipe": "seed1"}, **kwargs)
+    with pytest.raises(ValueError, match="recipe='shallow' is not allowed"):
+        gym.make("CIMBlockDrop-v0", backbone_kwargs={"folder": str(out), "recipe": "shallow"}, **kwargs)
