@@ -51,7 +51,7 @@ def rollout(env: gym.Env, seed: int, n: int = 6) -> list:
         action = env.action_space.sample()
         _, reward, terminated, truncated, step_info = env.step(action)
         assert terminated and not truncated
-        out.append((obs, info, reward, {k: v for k, v in step_info.items() if k != "path"}))
+        out.append((obs, info, reward, {k: tuple(np.ravel(v)) if np.ndim(v) else v for k, v in step_info.items()}))
         obs, info = env.reset()
     return out
 
