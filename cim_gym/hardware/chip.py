@@ -511,6 +511,7 @@ def program(qmodel: nn.Module, cfg: CIMConfig, sigma: float | None = None, seed:
             u = cells.apply_drift(u, chip_cfg, torch.Generator(device=dev).manual_seed(s_drift))
             if stuck is not None:
                 u = cells.apply_stuck(u, stuck, chip_cfg)
+        fast_noise = chip_cfg.read_noise > 0 or chip_cfg.input_noise > 0
         compensate = chip_cfg.drift_compensation and chip_cfg.drift_active
         alphas = [1.0] * len(names)
         if compensate:  # what the chip measures: reference reads right after programming and at time t
@@ -530,7 +531,9 @@ def program(qmodel: nn.Module, cfg: CIMConfig, sigma: float | None = None, seed:
             engine = w_eff = read_var = x2_table = input_factor = None
             parallel = _engine_parallel(name, roles, chip_cfg)
             signed = bool(mod.signed_input)  # type: ignore[attr-defined]
-            lut, wz, qmin = input_planes(chip_cfg.input_bits, signed, parallel)
+            qmin = 0
+            if fast_noise and name not in exact_names:
+                lut, wz, qmin = input_planes(chip_cfg.input_bits, signed, parallel)
             if name in exact_names:
                 ranges = calibration.adc_ranges.get(name) if calibration is not None and not per_chip else None
                 engine = ExactEngine(Geometry.of(mod), chip_cfg, u_layer.reshape(P, S, shape[0], -1), alphas[i],

@@ -71,11 +71,15 @@ def _fail(name: str, value: Any, allowed: str) -> None:
 
 def is_number(value: Any) -> bool:
     """True for a real number (Python or numpy int/float scalar), False for bools, strings, arrays and the rest."""
+    if type(value) in (int, float):  # the common case, without the slower ABC check
+        return True
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def is_integer(value: Any) -> bool:
     """True for a Python or numpy integer scalar (not a bool)."""
+    if type(value) is int:
+        return True
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 

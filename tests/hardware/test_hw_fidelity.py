@@ -386,3 +386,18 @@ def test_hostile_arguments_get_clear_errors() -> None:
         Calibration.from_dict({})
     with pytest.raises(ValueError, match="weights=()"):
         sigma_table(cfg, ())
+
+
+def test_noise_injection_covers_the_new_sources() -> None:
+    from cim_gym.hardware import inject_noise
+
+    cfg = CIMConfig()
+    q, x = make_qnet(cfg)
+    with torch.no_grad():
+        clean = q(x)
+        for source, value in (("input", 0.05), ("stuck_at_gmin", 0.1), ("stuck_at_gmax", 0.1)):
+            with inject_noise(q, cfg, value, torch.Generator().manual_seed(0), source=source):
+                assert not torch.allclose(q(x), clean), source
+    with pytest.raises(ValueError, match="ADC mismatch"):
+        with inject_noise(q, cfg.replace(adc_bits=5), 0.5, source="adc_offset"):
+            pass
