@@ -1,13 +1,16 @@
 """Every shipped checkpoint loads by name and reproduces its recorded clean test accuracy within 0.2 points."""
 
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 
 from cim_gym.backbones import list_backbones, load_backbone
 from cim_gym.backbones.checkpoint import SHIPPED_DIR
-from cim_gym.backbones.shipped import SHIPPED
-from cim_gym.backbones.train import evaluate
+from cim_gym.backbones.shipped import OLDER_RECIPE, SHIPPED, canonical_command
+from cim_gym.backbones.train import evaluate, parse_args
+from cim_gym.backbones.train import main as train_main
 from cim_gym.data import DatasetNotFoundError, load_dataset
 
 SHIPPED_NAMES = sorted(p.stem for p in SHIPPED_DIR.glob("*.json"))
@@ -19,6 +22,37 @@ def test_the_digits_set_is_shipped() -> None:
     assert expected <= set(SHIPPED_NAMES)
     assert set(SHIPPED_NAMES) <= set(SHIPPED)  # every shipped file has its recorded command
     assert set(SHIPPED_NAMES) <= set(list_backbones())
+
+
+def test_the_driver_trains_what_is_shipped() -> None:
+    """Every shipped file was made by its recorded driver command (an older recipe's until it is retrained), and
+    every driver command makes a checkpoint of the entry's name."""
+    assert set(OLDER_RECIPE) <= set(SHIPPED)
+    for name in SHIPPED_NAMES:
+        meta = json.loads((SHIPPED_DIR / f"{name}.json").read_text())
+        assert meta["training"]["command"] == canonical_command(OLDER_RECIPE.get(name, SHIPPED[name])), name
+    for name, args in SHIPPED.items():
+        assert parse_args(shlex.split(args)).name == name
+
+
+def test_ship_checks_a_checkpoint_then_puts_it_in_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cim_gym.backbones.shipped as shipped_mod
+
+    name = "digits-resnet8-blockdrop-seed5"
+    args = "--dataset digits --depth 8 --epochs 1 --seed 5 --mask-eval-draws 1"
+    monkeypatch.setitem(SHIPPED, name, args)
+    monkeypatch.setattr(shipped_mod, "SHIPPED_DIR", tmp_path / "package")
+    monkeypatch.setattr("cim_gym.backbones.checkpoint.SHIPPED_DIR", tmp_path / "package")
+    out = tmp_path / "out"
+    train_main(shlex.split(args) + ["--out", str(out), "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    with pytest.raises(ValueError, match="not its shipped command"):
+        monkeypatch.setitem(SHIPPED, name, args + " --lr 0.05")
+        shipped_mod.ship([name], out)
+    monkeypatch.setitem(SHIPPED, name, args)
+    shipped_mod.ship([name], out)
+    bb = load_backbone(name, folder=tmp_path / "package")
+    assert bb.meta["sha256"] == json.loads((out / f"{name}.json").read_text())["sha256"]
+    assert bb.meta["accuracy"] == json.loads((out / f"{name}.json").read_text())["accuracy"]
 
 
 @pytest.mark.parametrize("name", SHIPPED_NAMES)
