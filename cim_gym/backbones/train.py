@@ -1,22 +1,32 @@
-"""Train a backbone: quantization-aware, with stochastic depth (block-drop) or joint exit losses (multi-exit).
+"""Train a backbone: float pretraining and/or quantization-aware training, with stochastic depth (block-drop) or
+joint exit losses (multi-exit).
 
 Usage (``--help`` lists every setting)::
 
     python -m cim_gym.backbones.train --dataset digits --depth 20 --variant blockdrop
-    python -m cim_gym.backbones.train --dataset fashion-mnist --depth 56 --variant multiexit --epochs 8
+    python -m cim_gym.backbones.train --dataset fashion-mnist --depth 20 --epochs 12 --float-epochs 10
+    python -m cim_gym.backbones.train --dataset fashion-mnist --depth 56 --survival 1.0   # no stochastic depth
     python -m cim_gym.backbones.train --dataset digits --depth 20 --noise-aware-training 0.1
 
-What it does, in order: seed everything from ``--seed``; build the plain ResNet / MultiExitResNet and quantize it
-with the simulator's fake quantizers (``quantize_model``, straight-through estimator, per-layer input ranges
-tracked by EMA in train mode); train with SGD + Nesterov momentum under a warm-up + cosine (or one-cycle)
-schedule, random-crop (+ flip for Fashion-MNIST and CIFAR) augmentation, per-sample per-block Bernoulli survival
-masks for block-drop backbones (BlockDrop's drop semantics), a weighted sum of exit losses for multi-exit ones, and
-optionally noise injection through the chip model at a sigma drawn per batch; keep the checkpoint with the best
-validation accuracy; at the end measure test accuracy (and, for block-drop, accuracy with random masks keeping a
-third and two thirds of the blocks) and write ``<name>.safetensors`` + ``<name>.json`` to the output folder.
+What it does, in order: check every setting and that the output folder can be written (before any work: a bad
+value leaves no run folder behind); seed everything from ``--seed``; build the plain ResNet / MultiExitResNet; train
+it in float for ``--float-epochs`` epochs, then quantize it with the simulator's fake quantizers
+(``quantize_model``, straight-through estimator, per-layer input ranges tracked by EMA in train mode) and finetune
+it quantization-aware for the remaining epochs (without ``--float-epochs``: quantization-aware throughout); SGD +
+Nesterov momentum under one warm-up + cosine (or one-cycle) schedule spanning both phases, random-crop (+ flip for
+Fashion-MNIST and CIFAR) augmentation, per-sample per-block Bernoulli survival masks (stochastic depth, BlockDrop's
+drop semantics; on by default for block-drop, with ``--survival`` for multi-exit), a weighted sum of exit losses
+for multi-exit, and optionally noise injection through the chip model at a sigma drawn per batch (QAT epochs);
+keep the quantization-aware epoch with the best validation accuracy; at the end measure test accuracy (and, for
+block-drop, accuracy with random masks keeping a third and two thirds of the blocks) and write the checkpoint
+(``save_checkpoint``) to the output folder, the wall time per phase in its sidecar.
+
+The checkpoint's name is ``<dataset>-resnet<depth>-<variant>[-<recipe>]``: a survival probability other than the
+variant's default or a seed other than 0 is part of it (``recipe_label``: ``no-stochastic-depth``,
+``stochastic-depth``, ``seed1``, ...), so differently trained models never share a name.
 
 The run folder (``--run-dir``, default ``runs/backbones/<name>-seed<seed>``) holds ``settings.json``,
-``last.pt`` (written atomically after every epoch: model, optimizer, schedule, RNG states, best so far),
+``last.pt`` (written atomically after every epoch: model, optimizer, schedule, RNG states, phase, best so far),
 ``log.jsonl`` (one line per epoch). Running the same command again resumes from ``last.pt``; the result is the
 same as an uninterrupted run. Every random choice (initialization, shuffling, augmentation, masks, noise) comes
 from generators seeded by ``--seed``; the global RNG is used only for the initialization, seeded first.
