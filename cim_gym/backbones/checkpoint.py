@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import re
 from collections.abc import Iterator
@@ -156,10 +157,10 @@ def backbone_name(dataset: str, depth: int, variant: str = "blockdrop", recipe: 
     _check_dataset(dataset)
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not allowed: expected one of {VARIANTS}")
-    if isinstance(depth, bool) or not isinstance(depth, int):
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
         raise ValueError(f"depth={depth!r} is not allowed: expected an integer 6n+2 (8, 14, 20, 32, 56, ...)")
     parse_recipe(recipe, variant)
-    base = f"{dataset}-resnet{depth}-{variant}"
+    base = f"{dataset}-resnet{int(depth)}-{variant}"
     return base if recipe == STANDARD_RECIPE else f"{base}-{recipe}"
 
 

@@ -115,6 +115,11 @@ def test_bad_names_and_variants() -> None:
     with pytest.raises(ValueError, match="not a backbone name"):
         load_backbone("digits-20")
     assert parse_name("fashion-mnist-resnet56-multiexit") == ("fashion-mnist", 56, "multiexit")
+    import numpy as np
+
+    assert backbone_name("digits", np.int64(20)) == "digits-resnet20-blockdrop"  # numpy integers are integers
+    with pytest.raises(ValueError, match="depth=20.0"):
+        backbone_name("digits", 20.0)
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:
