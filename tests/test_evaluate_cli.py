@@ -75,3 +75,18 @@ def test_train_missing_runs_train_agent_with_a_small_budget(tmp_path: Path, monk
     assert all(Path(c[1]) == ROOT / "train_agent.py" and c[c.index("--steps") + 1] == "4096" for c in calls)
     assert out.count("with a small budget (4096 steps)") == len(evaluate.LEARNED)
     assert "skipped branchynet: no multi-exit ResNet-110" in out
+
+
+def test_readme_commands_parse_and_its_table_is_the_stored_result() -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^python evaluate\.py(.*?)\s*(?:#.*)?$", readme, re.M)
+    assert len(commands) >= 2
+    for args in commands:
+        evaluate.parse_args(args.split())
+    block = re.search(r"<!-- evaluation-digits:start -->\n(.*?)\n<!-- evaluation-digits:end -->", readme, re.S)
+    assert block, "README.md has no evaluation-digits block"
+    summary = (ROOT / "benchmarks" / "results" / "evaluation_digits" / "summary.md").read_text()
+    table = re.search(r"## Accuracy.*?\n\n(\|.*?)\n\n", summary, re.S)
+    assert table and table.group(1) in block.group(1), "README evaluation table differs from the stored summary.md"

@@ -276,9 +276,8 @@ def _plots(result: Any, rows: Sequence[dict[str, Any]], out: Path) -> None:
         atomic_write(out / name, lambda tmp: fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight"))
         plt.close(fig)
 
-    for metric, table, ylabel, name in ((acc, acc, "test accuracy (%)", "accuracy_vs_sigma.png"),
-                                        (macs, macs, "total MACs per image (chip + decision)", "compute_vs_sigma.png")):
-        del metric
+    for table, ylabel, name in ((acc, "test accuracy (%)", "accuracy_vs_sigma.png"),
+                                (macs, "total MACs per image (chip + decision)", "compute_vs_sigma.png")):
         fig, ax = plt.subplots(figsize=(8, 5))
         for m in methods:
             iv = [table.at(m, s) for s in range(len(sigmas))]

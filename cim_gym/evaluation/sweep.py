@@ -21,7 +21,7 @@ import json
 import math
 import shlex
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ __all__ = [
     "CellKey",
     "Engine",
     "SweepMismatchError",
+    "SweepResult",
     "SweepSpec",
     "folder_hash",
     "image_subset",
@@ -252,7 +253,8 @@ class BackboneContext:
         return h.hexdigest()[:16]
 
 
-def _summarize(ctx: BackboneContext, method: Method, out: Any, decision_macs: int) -> dict[str, Any]:
+def _summarize(out: Any, decision_macs: int) -> dict[str, Any]:
+    """One method's numbers on one chip (means over the images) and its per-image correctness and total MACs."""
     paths = np.asarray(out.path)
     blocks = float(paths.sum(1).mean()) if paths.ndim == 2 else None
     exit_index = float(paths.mean()) if paths.ndim == 1 else None
@@ -317,7 +319,7 @@ class Engine:
             actions = act.check(m.actions(ctx, ids, chip_ids), len(ids))
             chip.generator.manual_seed(method_seed(chip.seed, m.name))  # per-call noise: the method's own draws
             out = ctx.core.run(ids, chip_ids, act, actions)
-            results[m.name] = _summarize(ctx, m, out, m.decision_macs(ctx))
+            results[m.name] = _summarize(out, m.decision_macs(ctx))
         return {"key": [variant, int(depth), int(s), int(c)], "backbone": ctx.name, "sigma": ctx.pool.sigmas[int(s)],
                 "chip": int(c), "chip_seed": int(chip.seed), "fingerprint": ctx.fingerprint(chip),
                 "n_images": len(ids), "methods": results}
@@ -444,8 +446,7 @@ class SweepResult:
 
 def run_sweep(spec: SweepSpec, methods: Sequence[Method], out: str | Path, workers: int = 0,
               ray_address: str | None = None, command: str | None = None, skipped: Sequence[str] = (),
-              progress: bool = True, report: bool = True,
-              engine_factory: Callable[[SweepSpec, Sequence[Method]], Engine] = Engine) -> SweepResult:
+              progress: bool = True, report: bool = True) -> SweepResult:
     """Run (or resume) a sweep into ``out`` and write its report.
 
     :param workers: 0 runs the cells here, one after the other; N > 0 runs them on N Ray workers (``ray.init()``
@@ -458,7 +459,7 @@ def run_sweep(spec: SweepSpec, methods: Sequence[Method], out: str | Path, worke
     if not _is_int(workers, 0):
         _fail("workers", workers, "an integer >= 0")
     out = Path(out)
-    engine = engine_factory(spec, methods)
+    engine = Engine(spec, methods)
     config = _config(spec, engine, command, skipped)
     _open_folder(out, config)
     keys = engine.cells()
