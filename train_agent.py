@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     rf = p.add_argument_group("reinforce (BlockDrop's defaults)")
     rf.add_argument("--alpha", type=_finite, default=None, help="exploration bound (default 0.8)")
     rf.add_argument("--beta", type=_finite, default=None, help="entropy bonus (default 0.1)")
+    rf.add_argument("--entropy", choices=("blockdrop", "bernoulli"), default=None,
+                    help="masks: the entropy bonus of BlockDrop's code, sum of -p' log p' (default), or the Bernoulli entropy")
     rf.add_argument("--no-curriculum", action="store_true", help="control every block from the start")
     rf.add_argument("--curriculum-stage-updates", type=_positive_int, default=None,
                     help="updates per curriculum stage (default: the K stages fill half of stage 1)")
@@ -169,6 +171,7 @@ def reinforce_settings(args: argparse.Namespace) -> Any:
 
     given = {
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "alpha": args.alpha, "beta": args.beta,
+        "entropy": args.entropy,
         "curriculum_stage_updates": args.curriculum_stage_updates, "curriculum_penalty": args.curriculum_penalty,
         "finetune_share": args.finetune_share, "finetune_lr": args.finetune_lr,
         "finetune_batch_size": args.finetune_batch_size,
@@ -183,8 +186,8 @@ def check_algo_args(p: argparse.ArgumentParser, args: argparse.Namespace, env_id
         p.error(f"--algo dqn needs a Discrete action space: --env CIMEarlyExit-v0 (got --env {env_id})")
     if args.algo == "sac" and env_id != "CIMExitThresholds-v0":
         p.error(f"--algo sac needs a continuous action space: --env CIMExitThresholds-v0 (got --env {env_id})")
-    reinforce_only = ("batch_size", "alpha", "beta", "curriculum_stage_updates", "curriculum_penalty", "finetune_share",
-                      "finetune_lr", "finetune_batch_size", "hidden")
+    reinforce_only = ("batch_size", "alpha", "beta", "entropy", "curriculum_stage_updates", "curriculum_penalty",
+                      "finetune_share", "finetune_lr", "finetune_batch_size", "hidden")
     if args.algo != "reinforce":
         given = [k for k in reinforce_only if getattr(args, k) is not None] + (["no_curriculum"] if args.no_curriculum else [])
         if given:
@@ -232,7 +235,8 @@ def run_reinforce(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, A
     meta = {
         "algo": "reinforce", "env_id": env_id, "env_config": trainer.env_config, "env_kwargs": env_kwargs,
         "observation_space": space_to_json(trainer.observation_space), "action_space": space_to_json(trainer.action_space),
-        "network": {"class": "PolicyNetwork", "settings": settings.network.to_dict(), "alpha": settings.alpha},
+        "network": {"class": "PolicyNetwork", "settings": settings.network.to_dict(), "alpha": settings.alpha,
+                    "entropy": settings.entropy},
         "settings": settings.to_dict(), "package_version": cim_gym.__version__, "seed": args.seed,
         "command": " ".join(["python", "train_agent.py", *sys.argv[1:]]), "torch_threads": args.threads,
     }

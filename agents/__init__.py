@@ -71,7 +71,8 @@ def load_policy(run_dir: str | os.PathLike[str], device: str = "cpu") -> LoadedP
         net = PolicyNetwork(obs_space, action_space, settings)
         net.load_state_dict(read_policy_tensors(run_dir))
         net.to(device).eval()
-        act, macs = make_actor(net, make_head(action_space, net_meta["alpha"]), torch.device(device)), net.macs(obs_space)
+        head = make_head(action_space, net_meta["alpha"], net_meta.get("entropy", "blockdrop"))
+        act, macs = make_actor(net, head, torch.device(device)), net.macs(obs_space)
     elif meta["algo"] in ALGORITHMS:
         from agents.sb3 import load_sb3_policy
 

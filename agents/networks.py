@@ -184,10 +184,19 @@ def bound(p: Tensor, alpha: float) -> Tensor:
 
 class MaskHead(Head):
     """Independent Bernoulli per block (BlockDrop): keep probability ``p = sigmoid(logit)``, sampled through the
-    exploration bound, greedy mask ``p >= 0.5``."""
+    exploration bound, greedy mask ``p >= 0.5``.
 
-    def __init__(self, alpha: float = 0.8) -> None:
-        self.alpha = alpha
+    :param entropy: the entropy bonus's form. "blockdrop" is BlockDrop's code: ``sum_k -p'_k log p'_k`` over every
+        block's *bounded* probability (only the ``p log p`` half of the Bernoulli entropy: it peaks at ``p' = 1/e``,
+        so the bonus leans towards dropping). "bernoulli" is the Bernoulli entropy of the controlled blocks.
+    """
+
+    ENTROPIES = ("blockdrop", "bernoulli")
+
+    def __init__(self, alpha: float = 0.8, entropy: str = "blockdrop") -> None:
+        if entropy not in self.ENTROPIES:
+            raise ValueError(f"entropy={entropy!r} is not allowed: expected one of {self.ENTROPIES}")
+        self.alpha, self.entropy = alpha, entropy
 
     @staticmethod
     def _force(actions: np.ndarray, controlled: np.ndarray | None) -> np.ndarray:
@@ -207,12 +216,13 @@ class MaskHead(Head):
         pb = bound(p, self.alpha)
         a = torch.as_tensor(actions, dtype=out.dtype, device=out.device)
         log_prob = a * torch.log(pb) + (1 - a) * torch.log1p(-pb)
-        # Entropy of the unbounded policy, as BlockDrop's code computes it (the bound caps the bounded one anyway).
-        entropy = -(p * torch.log(p.clamp_min(1e-12)) + (1 - p) * torch.log((1 - p).clamp_min(1e-12)))
-        if controlled is not None:
-            keep = torch.as_tensor(controlled, dtype=out.dtype, device=out.device)
-            log_prob, entropy = log_prob * keep, entropy * keep
-        return log_prob.sum(1), entropy.sum(1)
+        keep = (torch.ones_like(out) if controlled is None
+                else torch.as_tensor(controlled, dtype=out.dtype, device=out.device).expand_as(out))
+        if self.entropy == "blockdrop":
+            entropy = -pb * torch.log(pb)
+        else:
+            entropy = -(p * torch.log(p.clamp_min(1e-12)) + (1 - p) * torch.log((1 - p).clamp_min(1e-12))) * keep
+        return (log_prob * keep).sum(1), entropy.sum(1)
 
 
 class ExitHead(Head):
@@ -264,10 +274,11 @@ class ThresholdHead(Head):
         return beta.log_prob(u).sum(1), beta.entropy().sum(1)
 
 
-def make_head(action_space: spaces.Space[Any], alpha: float) -> Head:
-    """The distribution head for an action space (``alpha``: exploration bound of masks and exits)."""
+def make_head(action_space: spaces.Space[Any], alpha: float, entropy: str = "blockdrop") -> Head:
+    """The distribution head for an action space (``alpha``: exploration bound of masks and exits; ``entropy``: the
+    masks' entropy bonus, see :class:`MaskHead`)."""
     if isinstance(action_space, spaces.MultiBinary):
-        return MaskHead(alpha)
+        return MaskHead(alpha, entropy)
     if isinstance(action_space, spaces.Discrete):
         return ExitHead(alpha)
     action_outputs(action_space)  # raises for anything but a 1-d Box

@@ -12,7 +12,8 @@ Read top to bottom: the settings (defaults are BlockDrop's), the environment, th
   (``p >= 0.5``; the argmax exit; the Beta mean) *on the same episode*: the same image on the same chip. Both run
   in one batched step: the episodes are drawn, pinned twice through ``reset(options={"image", "chip"})``, and the
   first half takes the sampled actions, the second half the greedy ones. Where both are equal the advantage is 0.
-- Loss: ``-mean(A * sum_k log pi(a_k)) - beta * mean(entropy)``.
+- Loss: ``-mean(A * sum_k log pi(a_k)) - beta * mean(entropy)`` (for masks, the entropy term of BlockDrop's code
+  by default, see :class:`~agents.networks.MaskHead`).
 - Curriculum (masks): during stage 1 the policy controls only the last ``c`` blocks, ``c`` growing by one every
   ``curriculum_stage_updates`` updates; the other blocks always run.
 - Stage 1 (curriculum) uses ``lr``, ``batch_size`` and ``curriculum_penalty``; stage 2 finetunes the policy with
@@ -53,6 +54,8 @@ class ReinforceSettings:
     """Exploration bound: sampled probabilities stay in [1 - alpha, alpha] (BlockDrop: 0.8); 0.5 < alpha <= 1."""
     beta: float = 0.1
     """Entropy bonus (BlockDrop: 0.1)."""
+    entropy: str = "blockdrop"
+    """Masks: the entropy bonus's form, "blockdrop" (its code's sum of -p' log p') or "bernoulli" (see MaskHead)."""
     curriculum: bool = True
     """Masks only: during stage 1 the policy controls the last c blocks, c growing by one per curriculum stage."""
     curriculum_stage_updates: int | None = None
@@ -97,6 +100,8 @@ class ReinforceSettings:
             fail("finetune_share", "a number in [0, 1)")
         if self.curriculum_penalty is not None and (not _finite(self.curriculum_penalty) or self.curriculum_penalty < 0):
             fail("curriculum_penalty", "None or a finite number >= 0")
+        if self.entropy not in ("blockdrop", "bernoulli"):
+            fail("entropy", "'blockdrop' or 'bernoulli'")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             fail("seed", "an integer >= 0")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -208,7 +213,7 @@ class ReinforceTrainer:
         self.env_config: dict[str, Any] = config.to_dict() if config is not None else dict(self.env_kwargs)
         probe.close()
         self.net = PolicyNetwork(self.observation_space, self.action_space, settings.network).to(self.device)
-        self.head: Head = make_head(self.action_space, settings.alpha)
+        self.head: Head = make_head(self.action_space, settings.alpha, settings.entropy)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=settings.lr)
         self.is_mask = isinstance(self.action_space, spaces.MultiBinary)
         self.num_blocks = int(np.prod(self.action_space.shape)) if self.is_mask else 0
@@ -231,6 +236,12 @@ class ReinforceTrainer:
     @property
     def total_updates(self) -> int:
         return sum(st.updates for st in self.stages)
+
+    @property
+    def episodes_done(self) -> int:
+        """Sampled episodes so far (the greedy baseline's are not counted)."""
+        return sum(st.updates * st.batch_size for st in self.stages[: self.stage]) + self.update * self.stages[
+            min(self.stage, len(self.stages) - 1)].batch_size
 
     @property
     def updates_done(self) -> int:
@@ -298,7 +309,7 @@ class ReinforceTrainer:
 
         final = step_info["final_info"]
         stats = UpdateStats(
-            stage=st.index + 1, update=self.updates_done + 1, episodes=(self.updates_done + 1) * batch,
+            stage=st.index + 1, update=self.updates_done + 1, episodes=self.episodes_done + batch,
             controlled=int(controlled.sum()) if controlled is not None else self.num_blocks,
             reward=float(reward[:batch].mean()), reward_greedy=float(reward[batch:].mean()),
             accuracy=float(final["correct"][:batch].mean()), accuracy_greedy=float(final["correct"][batch:].mean()),

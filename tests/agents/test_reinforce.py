@@ -160,3 +160,15 @@ def test_cim_gym_never_imports_agents() -> None:
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n == "agents" or n.startswith("agents.") for n in names), f"{path} imports {names}"
+
+
+def test_mask_entropy_bonus_is_blockdrops_by_default_or_the_bernoulli_entropy() -> None:
+    out, controlled = torch.tensor([[0.0, 2.0, -1.0]]), np.array([False, True, True])
+    pb = bound(torch.sigmoid(out), 0.8)
+    _, faithful = MaskHead(0.8).log_prob_entropy(out, np.ones((1, 3), np.int8), controlled)
+    assert torch.allclose(faithful, (-pb * torch.log(pb)).sum(1))  # every block, bounded p', the p log p half
+    _, proper = MaskHead(0.8, "bernoulli").log_prob_entropy(out, np.ones((1, 3), np.int8), controlled)
+    p = torch.sigmoid(out)[:, 1:]
+    assert torch.allclose(proper, -(p * torch.log(p) + (1 - p) * torch.log(1 - p)).sum(1))
+    with pytest.raises(ValueError, match="entropy"):
+        MaskHead(0.8, "shannon")
