@@ -28,6 +28,10 @@ def test_client_sb3_make_vec_env_vecnormalize_ppo() -> None:
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
+    plain = make_vec_env("CIMBlockDrop-v0", n_envs=4)  # the tutorial's exact call
+    plain.reset()
+    plain.step(np.stack([plain.action_space.sample() for _ in range(4)]))
+    plain.close()
     venv = make_vec_env("CIMBlockDrop-v0", n_envs=4, seed=0, env_kwargs=SMALL)
     assert venv.render_mode == "rgb_array"
     venv = VecNormalize(venv, norm_obs_keys=["features"])
@@ -117,11 +121,20 @@ def test_client_record_video(tmp_path: Path) -> None:
     assert len(videos) == 2 and all(v.stat().st_size > 0 for v in videos)
 
 
-@pytest.mark.parametrize("env_id", ["CIMBlockDrop-v0", "CIMEarlyExit-v0"])
-def test_client_rllib_ppo(env_id: str) -> None:
-    """RLlib's PPO (new API stack, local Ray), flattened observations, as examples/rllib_ppo.py does it."""
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for the RLlib tests of this module (starting Ray takes seconds)."""
     pytest.importorskip("ray.rllib", reason="RLlib is not installed (pip install 'cim-gym[rllib]'; CI installs it)")
     import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("env_id", ["CIMBlockDrop-v0", "CIMEarlyExit-v0"])
+def test_client_rllib_ppo(env_id: str, local_ray: object) -> None:
+    """RLlib's PPO (new API stack, local Ray), flattened observations, as examples/rllib_ppo.py does it."""
     import torch
 
     sys.path.insert(0, str(ROOT / "examples"))
@@ -129,11 +142,10 @@ def test_client_rllib_ppo(env_id: str) -> None:
         from rllib_ppo import build_ppo
     finally:
         sys.path.pop(0)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        algo = build_ppo(env_id, SMALL, batch=128, seed=0)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            algo = build_ppo(env_id, SMALL, batch=128, seed=0)
         module = algo.get_module()
         before = [p.detach().clone() for p in module.parameters()]
         for _ in range(2):
@@ -142,9 +154,8 @@ def test_client_rllib_ppo(env_id: str) -> None:
         assert result["env_runners"]["num_env_steps_sampled_lifetime"] >= 256
         assert np.isfinite(result["env_runners"]["episode_return_mean"])
         assert any(not torch.equal(a, b) for a, b in zip(after, before)), "PPO did not update the policy"
-        algo.stop()
     finally:
-        ray.shutdown()
+        algo.stop()
 
 
 def test_the_readme_table_names_exactly_these_tests() -> None:
