@@ -90,7 +90,7 @@ def gemm_row(device: str, repeats: int) -> tuple[str, str, float, str, str]:
 
 
 def margin_study(chips: int) -> None:
-    """Test accuracy of the shipped digits ResNet-56 on ``neurosim`` chips for ADC range options."""
+    """Test accuracy of the shipped digits ResNet-56 on ``neurosim`` chips (sigma 0) for ADC range options."""
     from tqdm import tqdm
 
     from cim_gym.backbones import load_backbone
@@ -100,10 +100,13 @@ def margin_study(chips: int) -> None:
     data = load_dataset("digits")
     x_cal, x_test, y_test = data.train.images[:256], data.test.images, data.test.labels
     base = get_preset("neurosim")
-    options = [("ideal ADC (adc_bits=None)", base.replace(adc_bits=None), 256)]
-    options += [(f"5-bit, 256 images, adc_range_margin={m:g}", base.replace(adc_range_margin=m), 256)
-                for m in (0.0, 0.1, 0.25, 0.5, 1.0)]
-    options += [("5-bit, 1024 images, margin 0", base, 1024), ("5-bit, full_scale", base.replace(adc_range="full_scale"), 256)]
+    options = [("ideal ADC (adc_bits=None)", base.replace(adc_bits=None), 256),
+               ("5-bit, min/max of 256 images (default)", base, 256),
+               ("5-bit, min/max of 1024 images", base, 1024)]
+    options += [(f"5-bit, 256 images, adc_range_margin={m:g}", base.replace(adc_range_margin=m), 256) for m in (0.1, 0.5)]
+    options += [(f"5-bit, 256 images, adc_range_percentile={p:g}", base.replace(adc_range_percentile=p), 256)
+                for p in (99.99, 99.9, 99.5, 99.0, 98.0)]
+    options += [("5-bit, full_scale", base.replace(adc_range="full_scale"), 256)]
     print(f"digits ResNet-56, neurosim preset, sigma 0, {chips} chip(s) each, {len(y_test)} test images")
     print("| ADC range option | accuracy (%) |\n| --- | --- |")
     for label, cfg, n_cal in tqdm(options, desc="options", leave=False):

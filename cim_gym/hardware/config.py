@@ -182,6 +182,9 @@ class CIMConfig:
     """Where "calibrated" ADC ranges come from: "chip" (each chip, right after programming, runs the calibration
     batch and fixes the min/max of its own partial sums per layer, slice and input bit) or "shared" (the ranges of
     the noise-free chip, shared by all chips: partial sums of a varied chip that leave that range are clipped)."""
+    adc_range_percentile: float = 100.0
+    """Calibrated ADC ranges span this central percentile of each (column kind, slice, input bit) group's partial
+    sums instead of their min/max (100): e.g. 99.9 clips the top and bottom 0.1 % for a finer step. In (50, 100]."""
     adc_range_margin: float = 0.0
     """Calibrated ADC ranges are widened by this fraction of their width on each side (>= 0): headroom for partial
     sums larger than any seen on the calibration batch, paid for with a coarser step."""
@@ -239,6 +242,7 @@ class CIMConfig:
             _check_int("adc_bits", self.adc_bits, 1, 16)
         _check_choice("adc_range", self.adc_range, ADC_RANGES)
         _check_choice("adc_calibration", self.adc_calibration, ADC_CALIBRATIONS)
+        _check_float("adc_range_percentile", self.adc_range_percentile, 50.0, 100.0, lo_open=True)
         _check_float("adc_range_margin", self.adc_range_margin, 0.0)
         for name in ("adc_offset_std", "adc_gain_std"):
             _check_float(name, getattr(self, name), 0.0)

@@ -52,6 +52,8 @@ CHUNK_ELEMENTS = 1_200_000
 # per-chip calibration keeps one layer's partial sums of the whole calibration batch when they fit in this many
 # bytes (one pass: observe the ranges, then convert what was kept); larger layers are computed twice
 CALIBRATION_MEMORY_BYTES = 512 * 2**20
+# histogram bins over the full-scale range per (column kind, slice, input bit) group, for percentile ADC ranges
+PERCENTILE_BINS = 16384
 
 
 def input_planes(bits: int, signed: bool, parallel: bool) -> tuple[Tensor, Tensor, int]:
@@ -613,11 +615,44 @@ class ExactEngine:
             stats = new if stats is None else [torch.minimum(stats[0], w_lo), torch.maximum(stats[1], w_hi),
                                                torch.minimum(stats[2], r_lo), torch.maximum(stats[3], r_hi)]
         assert stats is not None
+        if self.cfg.adc_range_percentile < 100:
+            stats = stats[:4] + [self._histogram(sums, stats[4] if len(stats) > 4 else None)]
         return stats
 
+    def _histogram(self, sums: list[Tensor], hist: Tensor | None) -> Tensor:
+        """Counts of the partial sums in ``PERCENTILE_BINS`` bins over the full-scale range (values outside go to
+        the edge bins), per group (weight column kind and slice, or the reference column) and input plane."""
+        nb, Z, PS = PERCENTILE_BINS, self.Z, self.P * self.S
+        lo, hi = (v / self.on for v in self.full_scale())
+        scale = nb / max(hi - lo, 1e-30)
+        group = torch.arange(self.cols, device=self.device) // self.C_out  # PS for the reference column
+        offsets = ((group.view(-1, 1) * Z + torch.arange(Z, device=self.device).view(1, -1)) * nb).view(1, -1, Z, 1)
+        groups = (PS + (1 if self.has_ref else 0)) * Z
+        for o in sums:
+            ov = o.view(o.shape[0], self.cols, Z, -1)
+            idx = ((ov - lo) * scale).clamp_(0, nb - 1).to(torch.int64).add_(offsets)
+            counts = torch.bincount(idx.view(-1), minlength=groups * nb).cpu()
+            hist = counts if hist is None else hist + counts
+        assert hist is not None
+        return hist
+
     def _ranges(self, stats: list[Tensor]) -> PartialSumRanges:
-        """Physical ranges from the grid-unit min/max of :meth:`_observe`."""
-        lo, hi, rlo, rhi = (t * self.on for t in stats)
+        """Physical ranges from the grid-unit statistics of :meth:`_observe`: min/max, or the central
+        ``adc_range_percentile`` from the histogram (never beyond min/max)."""
+        lo, hi, rlo, rhi = stats[:4]
+        if len(stats) > 4:
+            nb, Z, PS = PERCENTILE_BINS, self.Z, self.P * self.S
+            f_lo, f_hi = (v / self.on for v in self.full_scale())
+            width = (f_hi - f_lo) / nb
+            cum = stats[4].view(-1, nb).double().cumsum(1)
+            share = self.cfg.adc_range_percentile / 100.0
+            top = (cum < share * cum[:, -1:]).sum(1).double()  # first bin reaching the upper percentile
+            bottom = (cum < (1.0 - share) * cum[:, -1:]).sum(1).double()
+            p_hi, p_lo = (f_lo + (top + 1) * width).view(-1, Z), (f_lo + bottom * width).view(-1, Z)
+            lo, hi = torch.maximum(lo, p_lo[:PS]), torch.minimum(hi, p_hi[:PS])
+            if self.has_ref:
+                rlo, rhi = torch.maximum(rlo, p_lo[PS]), torch.minimum(rhi, p_hi[PS])
+        lo, hi, rlo, rhi = (t * self.on for t in (lo, hi, rlo, rhi))
         return PartialSumRanges(lo.view(self.P, self.S, self.Z), hi.view(self.P, self.S, self.Z), rlo, rhi)
 
 

@@ -401,3 +401,32 @@ def test_noise_injection_covers_the_new_sources() -> None:
     with pytest.raises(ValueError, match="ADC mismatch"):
         with inject_noise(q, cfg.replace(adc_bits=5), 0.5, source="adc_offset"):
             pass
+
+
+def test_percentile_adc_ranges_match_the_quantiles_of_the_partial_sums() -> None:
+    from cim_gym.hardware.exact import PERCENTILE_BINS, ExactEngine
+    from cim_gym.hardware.quant import input_levels
+
+    cfg = CIMConfig(adc_bits=5, subarray_rows=32, adc_range_percentile=99.0)
+    q, x = make_qnet(cfg)
+    chip = program(q, cfg, 0.05, 2, calibration=calibrate(q, cfg, x))
+    full = program(q, cfg.replace(adc_range_percentile=100.0), 0.05, 2, calibration=calibrate(q, cfg, x))
+    name, layer = list(chip.analog_layers())[1]
+    e = layer.engine
+    seen = {}
+    h = dict(chip.model.named_modules())[name].register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    with torch.no_grad():
+        chip(x)
+    h.remove()
+    qx, _ = input_levels(seen["x"], layer.input_range, layer.input_bits, bool(layer.signed_input))
+    ideal = ExactEngine(e.geom, cfg, e.u, e.alpha, e.scale, e.signed, use_adc=False, parallel=e.parallel)
+    sums = ideal.adc_outputs(qx)  # (sub-arrays, cols, Z, pixels), physical units
+    bin_width = (e.full_scale()[1] - e.full_scale()[0]) / PERCENTILE_BINS
+    C = e.C_out
+    for k in range(e.S):
+        for z in range(e.Z):
+            group = sums[:, k * C:(k + 1) * C, z].reshape(-1).double()
+            hi = float(torch.quantile(group, 0.99))
+            assert abs(float(e.ranges.hi[0, k, z]) - hi) <= 2 * bin_width, (k, z)  # the bin holding the quantile
+    (_, wide), = [(n, la) for n, la in full.analog_layers() if n == name]
+    assert bool((e.ranges.hi <= wide.engine.ranges.hi + 1e-9).all()) and bool((e.ranges.hi < wide.engine.ranges.hi).any())
