@@ -189,4 +189,9 @@ class EpisodeRenderer:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_figure"] = None  # a window does not travel
+        del state["fonts"]  # Pillow's built-in font cannot be pickled: made again on arrival
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.fonts = {size: _font(size) for size in (12, 14, 18)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 
 import gymnasium as gym
@@ -30,6 +31,8 @@ def test_rgb_array_draws_the_episode_before_and_after_the_decision(env_id: str) 
     assert not np.array_equal(before, other)  # another image, another picture
     env.reset(options={"image": 5, "chip": 3})
     np.testing.assert_array_equal(env.render(), before)  # the same episode state, the same picture
+    clone = pickle.loads(pickle.dumps(env))  # a drawing environment still pickles (async vector envs, checkpoints)
+    np.testing.assert_array_equal(clone.render(), before)
 
 
 def test_the_frame_shows_the_input_image() -> None:
