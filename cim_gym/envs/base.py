@@ -365,6 +365,9 @@ class CIMVectorEnv(VectorEnv[dict[str, np.ndarray], Any, np.ndarray]):
         elif self._episodes is None and not mask.all():
             raise ValueError("reset option reset_mask is not allowed on the first reset: every sub-environment starts "
                              "an episode then (leave reset_mask out)")
+        elif seed is not None and not mask.all():
+            raise ValueError(f"seed={seed!r} with a partial reset_mask is not allowed: a seed draws the chip pool "
+                             "that every sub-environment shares, so seed a reset of all of them (no reset_mask)")
         if seed is not None:
             self._np_random, self._np_random_seed = gym.utils.seeding.np_random(plain_seed(seed))
         self.drawer.ensure_pool(self.np_random, reseeded=seed is not None)

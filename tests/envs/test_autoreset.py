@@ -95,9 +95,14 @@ def test_bad_reset_masks_are_clear_errors(mask: object) -> None:
         envs.reset(options={"reset_mask": mask})
 
 
-def test_first_reset_must_reset_everything() -> None:
+def test_first_and_seeded_resets_must_reset_everything() -> None:
+    envs = make("disabled")
+    partial = np.array([True, False, False, False])
     with pytest.raises(ValueError, match="first reset"):
-        make("next_step").reset(seed=0, options={"reset_mask": np.array([True, False, False, False])})
+        envs.reset(seed=0, options={"reset_mask": partial})
+    envs.reset(seed=0)
+    with pytest.raises(ValueError, match="seed=1 with a partial reset_mask is not allowed"):
+        envs.reset(seed=1, options={"reset_mask": partial})
 
 
 def test_vector_info_follows_gymnasiums_masks() -> None:
