@@ -100,9 +100,10 @@ class EnvCore:
                 raise ValueError(f"{name}={getattr(config, name)} is not allowed: the {config.dataset!r} training "
                                  f"split has {len(data.train.labels)} images (expected 1 to {len(data.train.labels)})")
         self.calibration = calibrate(self.model, self.cim, data.train.images[: config.calibration_images].to(self.device))
-        # The chip descriptor's probe batch: training images only, whatever split the episodes draw from.
+        # The chip descriptor's probe batch: training images only, whatever split the episodes draw from. Kept even
+        # when this environment does not observe the chip (a few KB), so that views with observe_chip work.
         self._probe_batch = (data.train.images[: config.probe_images].to(self.device),
-                             data.train.labels[: config.probe_images].to(self.device)) if config.observe_chip else None
+                             data.train.labels[: config.probe_images].to(self.device))
         self._probe: Any = None
         self._descriptors: dict[int, np.ndarray] = {}
         self._features = torch.zeros(len(self.labels), 0, device=self.device)
@@ -158,9 +159,7 @@ class EnvCore:
         if self._probe is None:
             from cim_gym.envs.descriptor import ChipProbe
 
-            images, labels = self._probe_batch if self._probe_batch is not None else (None, None)
-            if images is None:
-                raise RuntimeError("the chip descriptor needs observe_chip=True (the probe batch is kept only then)")
+            images, labels = self._probe_batch
             self._probe = ChipProbe(self.model, images, labels, self.info.num_classes)
         return self._probe
 

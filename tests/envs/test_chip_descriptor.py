@@ -95,3 +95,11 @@ def test_bad_settings_are_clear_errors() -> None:
         gym.make("CIMBlockDrop-v0", probe_images=0)
     with pytest.raises(ValueError, match="probe_images=100000 is not allowed: the 'digits' training split has"):
         gym.make("CIMBlockDrop-v0", probe_images=100_000)
+
+
+def test_a_core_that_does_not_observe_the_chip_still_describes_it() -> None:
+    """Evaluation observes policies' chips through the core of an environment made without observe_chip."""
+    env = gym.make("CIMBlockDrop-v0", chip_seed=5, **SMALL).unwrapped
+    env.reset(seed=0)
+    assert "chip" not in env.observation_space.spaces
+    np.testing.assert_array_equal(env.core.chip_descriptors(np.array([2]))[0], descriptor(chip_seed=5))
