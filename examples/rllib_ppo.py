@@ -73,7 +73,11 @@ def main() -> None:
         if getattr(args, name) < 1:
             parser.error(f"--{name}={getattr(args, name)} is not allowed: expected an integer >= 1")
 
-    import ray
+    try:
+        import ray
+        import ray.rllib  # noqa: F401
+    except ImportError as err:
+        parser.error(f"RLlib is not installed ({err}): pip install 'cim-gym[rllib]'")
     import torch
 
     torch.set_num_threads(1)
