@@ -247,12 +247,13 @@ def test_bad_settings_name_the_value() -> None:
 def test_ray_and_serial_runs_agree(tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="Ray is the optional extra cim-gym[ray]; CI installs it")
     spec = SweepSpec(dataset="digits", sigmas=(0.0, 0.15), chips=2, images=40, seed=3, noise_source="read")
-    ms = [FixedDepth(depth=8), StaticMask(depth=14, drop_per_stage=1), EntropyExits(name="bn", depth=32, target=0.5),
-          PolicyMethod.from_env("p", lambda obs: (obs["features"][:, :6] > 0).astype(np.int8), "CIMBlockDrop-v0",
-                                {"dataset": "digits", "depth": 14, "noise_source": "read"}, 10)]
+    # one backbone keeps the workers' start-up short; per-read noise makes the per-method draws matter
+    ms = [FixedDepth(depth=8), PolicyMethod.from_env("p", lambda obs: (obs["features"][:, :3] > 0).astype(np.int8),
+                                                     "CIMBlockDrop-v0",
+                                                     {"dataset": "digits", "depth": 8, "noise_source": "read"}, 10)]
     serial = run_sweep(spec, ms, tmp_path / "serial", progress=False, report=False)
     parallel = run_sweep(spec, ms, tmp_path / "ray", workers=2, progress=False, report=False)
-    assert parallel.ran == serial.ran == len(serial.cells) == 3 * 2 * 2
+    assert parallel.ran == serial.ran == len(serial.cells) == 2 * 2
     assert parallel.cells == serial.cells
 
 
