@@ -187,7 +187,7 @@ class BackboneContext:
         self.core.pool, self.core.pool_seed = self.pool, spec.seed
         self.image_ids = image_subset(len(self.core.labels), spec.images, spec.image_seed)
         self._actions: dict[str, Any] = {}
-        self._views: dict[tuple[str, bool], Any] = {}
+        self._views: dict[tuple[str, bool, bool], Any] = {}
         self._encoder_macs: int | None = None
 
     @property
@@ -230,7 +230,8 @@ class BackboneContext:
 
     def observe(self, env_config: Mapping[str, Any], image_ids: np.ndarray, chip_ids: np.ndarray) -> dict[str, np.ndarray]:
         """The observation batch the policy's own environment gives for these images and chips:
-        :meth:`EnvCore.observe` of this backbone, with the policy's ``obs_mode`` and ``observe_sigma``."""
+        :meth:`EnvCore.observe` of this backbone (same features, sigma and chip descriptor code and caches), with the
+        policy's ``obs_mode``, ``observe_sigma`` and ``observe_chip``."""
         key = (str(env_config.get("obs_mode", "features")), bool(env_config.get("observe_sigma", True)),
                bool(env_config.get("observe_chip", False)))
         if key not in self._views:
