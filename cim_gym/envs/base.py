@@ -24,7 +24,7 @@ from gymnasium.vector.utils import batch_space
 
 from cim_gym.envs.config import EnvConfig
 from cim_gym.envs.core import EnvCore, Outcome
-from cim_gym.envs.render import RENDER_MODES, Decision, EpisodeRenderer, check_render_mode
+from cim_gym.envs.render import RENDER_MODES, Decision, EpisodeRenderer, available_render_modes, check_render_mode
 
 OPTION_KEYS = ("sigma", "chip", "image")
 
@@ -166,7 +166,8 @@ class CIMEnv(gym.Env[dict[str, np.ndarray], Any]):
     :param kwargs: the fields of :class:`EnvConfig`.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": list(RENDER_MODES), "render_fps": 2}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": available_render_modes(), "render_fps": 2}
+    """``render_modes``: "rgb_array", and "human" where a display exists (as this machine was when imported)."""
     action_type: ClassVar[type]
     env_id: ClassVar[str]
 

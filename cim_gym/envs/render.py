@@ -41,6 +41,11 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def available_render_modes() -> list[str]:
+    """The render modes that work on this machine: "rgb_array" always, "human" where a display exists."""
+    return ["rgb_array", "human"] if has_display() else ["rgb_array"]
+
+
 @dataclass(frozen=True)
 class Decision:
     """What one finished episode did, as the frame shows it."""

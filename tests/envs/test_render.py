@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import cim_gym  # noqa: F401  (registers the ids)
-from cim_gym.envs import render
+from cim_gym.envs import CIMBlockDropEnv, render
 
 SMALL = {"sigmas": [0.0, 0.05], "chips_per_sigma": 2, "chip_seed": 0}
 IDS = ["CIMBlockDrop-v0", "CIMEarlyExit-v0", "CIMExitThresholds-v0"]
@@ -33,6 +33,18 @@ def test_rgb_array_draws_the_episode_before_and_after_the_decision(env_id: str) 
     np.testing.assert_array_equal(env.render(), before)  # the same episode state, the same picture
     clone = pickle.loads(pickle.dumps(env))  # a drawing environment still pickles (async vector envs, checkpoints)
     np.testing.assert_array_equal(clone.render(), before)
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_gymnasium_checker_with_its_render_checks(env_id: str) -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    env = gym.make(env_id, render_mode="rgb_array", **SMALL)
+    assert "rgb_array" in env.metadata["render_modes"]
+    assert ("human" in env.metadata["render_modes"]) == render.has_display()  # declared only where it works
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env.unwrapped)  # makes the env again in every declared render mode and renders
 
 
 def test_the_frame_shows_the_input_image() -> None:
@@ -81,7 +93,7 @@ def test_bad_render_modes_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     with pytest.raises(ValueError, match="no display"):
-        gym.make("CIMBlockDrop-v0", render_mode="human", **SMALL)
+        CIMBlockDropEnv(render_mode="human", **SMALL)  # (gym.make would fall back to Gymnasium's HumanRendering)
     env = gym.make("CIMBlockDrop-v0", render_mode="rgb_array", **SMALL).unwrapped
     with pytest.raises(gym.error.ResetNeeded):
         env.render()
@@ -97,13 +109,13 @@ def test_human_mode_shows_frames_in_a_window(monkeypatch: pytest.MonkeyPatch) ->
     import matplotlib.pyplot as plt
 
     monkeypatch.setenv("DISPLAY", ":0")
-    env = gym.make("CIMBlockDrop-v0", render_mode="human", **SMALL)
+    env = CIMBlockDropEnv(render_mode="human", **SMALL)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Agg says it cannot show a window
         env.reset(seed=0)
         assert env.render() is None
         env.step(env.action_space.sample())
-    figure, image = env.unwrapped.renderer._figure
+    figure, image = env.renderer._figure
     assert image.get_array().shape == (render.HEIGHT, render.WIDTH, 3)
     env.close()
     assert not plt.fignum_exists(figure.number)
