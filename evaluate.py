@@ -19,6 +19,7 @@ sweep and refuses a different one.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import subprocess
 import sys
@@ -171,6 +172,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         value, lo = getattr(a, name), 1 if name in ("chips", "train_steps") else 0
         if value < lo:
             p.error(f"--{name.replace('_', '-')} {value} is not allowed: expected an integer >= {lo}")
+    grid = a.sigma_grid or []
+    if any(not math.isfinite(v) or v < 0 for v in grid) or grid != sorted(set(grid)):
+        p.error(f"--sigma-grid {' '.join(f'{v:g}' for v in grid)} is not allowed: expected distinct increasing "
+                "values >= 0, e.g. 0 0.02 0.05 0.1")
     if a.workers and not a.ray_address:
         try:
             import ray  # noqa: F401

@@ -92,3 +92,10 @@ def test_readme_commands_parse_and_its_table_is_the_stored_result() -> None:
     summary = (ROOT / "benchmarks" / "results" / "evaluation_digits" / "summary.md").read_text()
     table = re.search(r"## Accuracy.*?\n\n(\|.*?)\n\n", summary, re.S)
     assert table and table.group(1) in block.group(1), "README evaluation table differs from the stored summary.md"
+
+
+@pytest.mark.parametrize("grid", [["0.1", "0"], ["0", "0"], ["-0.1", "0"], ["0", "nan"]])
+def test_a_bad_grid_names_the_values(grid: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--sigma-grid", *grid])
+    assert "--sigma-grid" in capsys.readouterr().err
