@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--chips-per-sigma", type=positive, default=1,
                         help="chips per sigma (every single env of the DummyVecEnv programs its own copy)")
     parser.add_argument("--step-repeats", type=positive, default=20, help="vector steps per timed raw-stepping repeat")
-    parser.add_argument("--rollouts", type=positive, default=2, help="PPO rollouts (+ updates) per timed repeat")
+    parser.add_argument("--rollouts", type=positive, default=8, help="PPO rollouts (+ updates) per timed repeat")
     parser.add_argument("--repeats", type=positive, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the envs and the policy run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
