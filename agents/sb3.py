@@ -48,6 +48,7 @@ __all__ = [
     "ALGOS",
     "SUPPORTED_ENVS",
     "EpisodeStatsCallback",
+    "SB3Interrupted",
     "SB3Policy",
     "SB3VecEnvAdapter",
     "ScaledCombinedExtractor",
@@ -384,10 +385,11 @@ def train_sb3(
     :param callback: SB3 callbacks, e.g. :class:`EpisodeStatsCallback` for accuracy and path usage.
     :param policy_kwargs: ``MultiInputPolicy`` arguments (default feature extractor: :class:`ScaledCombinedExtractor`).
     :param algo_kwargs: algorithm arguments over :func:`default_algo_kwargs`.
-    :param checkpoint_dir: on Ctrl-C (``KeyboardInterrupt``), write a resumable checkpoint here, then re-raise.
+    :param checkpoint_dir: on Ctrl-C, write a resumable checkpoint here (:func:`save_sb3_checkpoint`).
     :param resume_from: a folder written by :func:`save_sb3_checkpoint`: continue that run (pass the same
         settings). The environment is re-seeded with ``seed``, so an unpinned chip pool is the same pool again.
     :return: the trained model (``model.env`` is the :class:`SB3VecEnvAdapter`).
+    :raises SB3Interrupted: on Ctrl-C (a ``KeyboardInterrupt`` carrying the model and the checkpoint's description).
     """
     total_timesteps = _check_int("total_timesteps", total_timesteps, 1)
     model = make_sb3(algo, env_id, env_kwargs, num_envs=num_envs, seed=seed, device=device,
@@ -399,11 +401,20 @@ def train_sb3(
     try:
         if remaining > 0:
             model.learn(remaining, callback=callback, reset_num_timesteps=resume_from is None, tb_log_name=algo)
-    except KeyboardInterrupt:
-        if checkpoint_dir is not None:
-            save_sb3_checkpoint(model, checkpoint_dir)
-        raise
+    except KeyboardInterrupt as err:
+        description = save_sb3_checkpoint(model, checkpoint_dir) if checkpoint_dir is not None else None
+        raise SB3Interrupted(model, description) from err
     return model
+
+
+class SB3Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`train_sb3`: ``model`` as it stood, and the description of the policy the checkpoint
+    holds (None without ``checkpoint_dir``), for the caller's run record. A ``KeyboardInterrupt`` still."""
+
+    def __init__(self, model: BaseAlgorithm, description: dict[str, Any] | None) -> None:
+        super().__init__("training interrupted" + ("" if description is None else "; checkpoint saved"))
+        self.model = model
+        self.description = description
 
 
 class EpisodeStatsCallback(BaseCallback):

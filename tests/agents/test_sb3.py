@@ -27,6 +27,7 @@ import cim_gym  # noqa: E402, F401
 from agents.sb3 import (  # noqa: E402
     SUPPORTED_ENVS,
     EpisodeStatsCallback,
+    SB3Interrupted,
     SB3VecEnvAdapter,
     load_sb3_policy,
     make_sb3,
@@ -308,10 +309,15 @@ class Interrupt(BaseCallback):
 
 
 def test_ctrl_c_leaves_a_loadable_resumable_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as caught:
         train("a2c", "CIMEarlyExit-v0", steps=10_000, callback=Interrupt(after=48), checkpoint_dir=tmp_path)
+    assert isinstance(caught.value, SB3Interrupted) and caught.value.model.num_timesteps == 48
     assert {"policy.safetensors", "checkpoint.pt"} <= {p.name for p in tmp_path.iterdir()}
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    model = caught.value.model
+    policy = load_sb3_policy(tmp_path, caught.value.description, model.observation_space, model.action_space)
+    obs = observations(model)
+    np.testing.assert_array_equal(policy.act(obs), model.predict(obs, deterministic=True)[0])
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["num_timesteps"] == 48
     resumed = train("a2c", "CIMEarlyExit-v0", steps=64, resume_from=tmp_path)
