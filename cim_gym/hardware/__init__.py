@@ -9,6 +9,9 @@ Typical use::
     calib = calibrate(qmodel, cfg, x_batch)         # shared by all chips
     chip = program(qmodel, cfg, sigma=0.05, seed=123, calibration=calib)
     logits = chip(x)
+
+``NOISE_SOURCES`` maps each noise a study or an environment can sweep ("programming", "read", "output", "input",
+"adc_offset", "adc_gain", "stuck_at_gmin", "stuck_at_gmax") to the one ``CIMConfig`` field it sets.
 """
 
 from cim_gym.hardware.chip import Calibration, Chip, calibrate, program
@@ -24,7 +27,7 @@ from cim_gym.hardware.quant import (
     inject_noise,
     quantize_model,
 )
-from cim_gym.hardware.sigma import sigma_table, weight_noise_std
+from cim_gym.hardware.sigma import clipped_share, sigma_table, weight_noise_std
 
 __all__ = [
     "NOISE_SOURCES",
@@ -40,6 +43,7 @@ __all__ = [
     "QuantLinear",
     "analog_layer_names",
     "calibrate",
+    "clipped_share",
     "count_costs",
     "get_preset",
     "group_costs",

@@ -183,8 +183,9 @@ class CIMConfig:
     batch and fixes the min/max of its own partial sums per layer, slice and input bit) or "shared" (the ranges of
     the noise-free chip, shared by all chips: partial sums of a varied chip that leave that range are clipped)."""
     adc_range_percentile: float = 100.0
-    """Calibrated ADC ranges span this central percentile of each (column kind, slice, input bit) group's partial
-    sums instead of their min/max (100): e.g. 99.9 clips the top and bottom 0.1 % for a finer step. In (50, 100]."""
+    """Calibrated ADC ranges end at this percentile of each (column kind, slice, input bit) group's partial sums
+    instead of their max (100): e.g. 99.9 clips the top 0.1 % for a finer step (and the bottom 0.1 % where sums can
+    be negative; non-negative sums keep their minimum). In (50, 100]."""
     adc_range_margin: float = 0.0
     """Calibrated ADC ranges are widened by this fraction of their width on each side (>= 0): headroom for partial
     sums larger than any seen on the calibration batch, paid for with a coarser step."""

@@ -604,6 +604,7 @@ class ExactEngine:
     def _observe(self, sums: list[Tensor], stats: list[Tensor] | None) -> list[Tensor]:
         """Running min/max (grid units) of one chunk's partial sums: [lo (PS, Z), hi, ref_lo (Z,), ref_hi]."""
         PS, C, Z = self.P * self.S, self.C_out, self.Z
+        hist = stats[4] if stats is not None and len(stats) > 4 else None
         for o in sums:
             ov = o.view(o.shape[0], self.cols, Z, -1)
             mn, mx = ov.amin(dim=-1), ov.amax(dim=-1)  # (torch.aminmax is ~20x slower on CPU)
@@ -616,7 +617,7 @@ class ExactEngine:
                                                torch.minimum(stats[2], r_lo), torch.maximum(stats[3], r_hi)]
         assert stats is not None
         if self.cfg.adc_range_percentile < 100:
-            stats = stats[:4] + [self._histogram(sums, stats[4] if len(stats) > 4 else None)]
+            stats = stats[:4] + [self._histogram(sums, hist)]
         return stats
 
     def _histogram(self, sums: list[Tensor], hist: Tensor | None) -> Tensor:
@@ -637,8 +638,9 @@ class ExactEngine:
         return hist
 
     def _ranges(self, stats: list[Tensor]) -> PartialSumRanges:
-        """Physical ranges from the grid-unit statistics of :meth:`_observe`: min/max, or the central
-        ``adc_range_percentile`` from the histogram (never beyond min/max)."""
+        """Physical ranges from the grid-unit statistics of :meth:`_observe`: min/max, or the
+        ``adc_range_percentile`` from the histogram (never beyond min/max): the upper percentile, and the lower one
+        (100 - percentile) only where partial sums can be negative (signed parallel inputs)."""
         lo, hi, rlo, rhi = stats[:4]
         if len(stats) > 4:
             nb, Z, PS = PERCENTILE_BINS, self.Z, self.P * self.S
@@ -649,6 +651,8 @@ class ExactEngine:
             top = (cum < share * cum[:, -1:]).sum(1).double()  # first bin reaching the upper percentile
             bottom = (cum < (1.0 - share) * cum[:, -1:]).sum(1).double()
             p_hi, p_lo = (f_lo + (top + 1) * width).view(-1, Z), (f_lo + bottom * width).view(-1, Z)
+            if f_lo >= 0:  # non-negative sums: the low end (many sums near 0) keeps its minimum
+                p_lo = torch.full_like(p_lo, -math.inf)
             lo, hi = torch.maximum(lo, p_lo[:PS]), torch.minimum(hi, p_hi[:PS])
             if self.has_ref:
                 rlo, rhi = torch.maximum(rlo, p_lo[PS]), torch.minimum(rhi, p_hi[PS])

@@ -430,3 +430,18 @@ def test_percentile_adc_ranges_match_the_quantiles_of_the_partial_sums() -> None
             assert abs(float(e.ranges.hi[0, k, z]) - hi) <= 2 * bin_width, (k, z)  # the bin holding the quantile
     (_, wide), = [(n, la) for n, la in full.analog_layers() if n == name]
     assert bool((e.ranges.hi <= wide.engine.ranges.hi + 1e-9).all()) and bool((e.ranges.hi < wide.engine.ranges.hi).any())
+
+
+def test_percentile_ranges_do_not_depend_on_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = CIMConfig(adc_bits=5, subarray_rows=32, adc_range_percentile=99.0)
+    q, x = make_qnet(cfg)
+    calib = calibrate(q, cfg, x)
+
+    def ranges() -> list[torch.Tensor]:
+        chip = program(q, cfg, 0.05, 2, calibration=calib)
+        return [layer.engine.ranges.hi for _, layer in chip.analog_layers() if layer.engine is not None]
+
+    whole = ranges()
+    monkeypatch.setattr(exact_mod, "CHUNK_ELEMENTS", 2000)  # many chunks: the histogram must add them all up
+    for a, b in zip(whole, ranges()):
+        assert torch.equal(a, b)
