@@ -244,14 +244,17 @@ def test_bad_settings_name_the_value() -> None:
                                             {"dataset": "digits", "depth": 14, "noise_source": "read"}, 0)])
 
 
-def test_ray_and_serial_runs_agree(tmp_path: Path) -> None:
-    pytest.importorskip("ray", reason="Ray is the optional extra cim-gym[ray]; CI installs it")
+def test_ray_and_serial_runs_agree_and_per_read_noise_has_no_per_image_oracle(tmp_path: Path) -> None:
     spec = SweepSpec(dataset="digits", sigmas=(0.0, 0.15), chips=2, images=40, seed=3, noise_source="read")
     # one backbone keeps the workers' start-up short; per-read noise makes the per-method draws matter
     ms = [FixedDepth(depth=8), PolicyMethod.from_env("p", lambda obs: (obs["features"][:, :3] > 0).astype(np.int8),
                                                      "CIMBlockDrop-v0",
                                                      {"dataset": "digits", "depth": 8, "noise_source": "read"}, 10)]
-    serial = run_sweep(spec, ms, tmp_path / "serial", progress=False, report=False)
+    serial = run_sweep(spec, ms, tmp_path / "serial", progress=False)
+    methods_seen = {r["method"] for r in read_csv(tmp_path / "serial" / "results.csv")}
+    assert ORACLE_IMAGE not in methods_seen and ORACLE_FIXED_SIGMA in methods_seen
+    assert f"{ORACLE_IMAGE} is not reported" in (tmp_path / "serial" / "summary.md").read_text()
+    pytest.importorskip("ray", reason="Ray is the optional extra cim-gym[ray]; CI installs it")
     parallel = run_sweep(spec, ms, tmp_path / "ray", workers=2, progress=False, report=False)
     assert parallel.ran == serial.ran == len(serial.cells) == 2 * 2
     assert parallel.cells == serial.cells
