@@ -221,7 +221,12 @@ def test_saved_and_loaded_policies_act_identically(trained: dict, tmp_path: Path
     description = save_sb3_policy(model, tmp_path)
     assert json.loads(json.dumps(description)) == description  # JSON as it is
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.safetensors"]
-    loaded = load_sb3_policy(tmp_path, description, model.observation_space, model.action_space)
+    # As the run folder serves it: the description and the spaces read back from JSON.
+    from agents.runs import space_from_json, space_to_json
+
+    spaces_back = [space_from_json(json.loads(json.dumps(space_to_json(s))))
+                   for s in (model.observation_space, model.action_space)]
+    loaded = load_sb3_policy(tmp_path, json.loads(json.dumps(description)), *spaces_back)
     obs = observations(model)
     actions = loaded.act(obs)
     expected = np.asarray(model.predict(obs, deterministic=True)[0]).astype(model.action_space.dtype)
