@@ -312,8 +312,9 @@ def default_algo_kwargs(algo: str, num_envs: int) -> dict[str, Any]:
         # One synchronous update per ~128 samples (A2C has no minibatches; N envs x n_steps is its batch).
         return {"n_steps": math.ceil(128 / num_envs), "gamma": 0.0, "gae_lambda": 1.0, "ent_coef": 0.01,
                 "learning_rate": 1e-3}
-    # Off-policy: a replay buffer of recent decisions, learning once it holds a few batches; one gradient step per
-    # 64 new episodes, so each sample is replayed about batch_size / 64 times (2 for DQN, 4 for SAC). More did not
+    # Off-policy: a replay buffer of recent decisions, learning once it holds a few batches; a gradient step per
+    # vector step, one per 64 new episodes when N >= 64, so each sample is replayed about batch_size / 64 times
+    # there (2 for DQN, 4 for SAC; more when N < 64). More did not
     # pay: SAC on CIMExitThresholds-v0 (blockdrop reward, N=64, 12k episodes) ended at mean reward 0.32-0.33 with
     # 1, 4 or 8 gradient steps per vector step (the best constant thresholds give 0.30 there).
     common = {"buffer_size": 50_000, "learning_starts": max(512, 4 * num_envs), "train_freq": 1,
