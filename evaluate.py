@@ -102,9 +102,9 @@ def load_policies(a: argparse.Namespace, sigmas: Sequence[float], spec: Any) -> 
     wanted += [(Path(p).name, Path(p), None) for p in a.policies]
     methods, skipped = [], []
     try:
-        from agents import load_policy
+        from agents import RunFolderError, load_policy
     except ImportError as exc:
-        load_policy = None
+        load_policy, RunFolderError = None, OSError
         reason = f"agents.load_policy is not available ({exc})"
     for name, folder, role in wanted:
         if not folder.is_dir():
@@ -116,7 +116,11 @@ def load_policies(a: argparse.Namespace, sigmas: Sequence[float], spec: Any) -> 
         if load_policy is None:
             skipped.append(f"{name}: {reason}")
             continue
-        policy = load_policy(folder)
+        try:
+            policy = load_policy(folder)
+        except RunFolderError as exc:  # e.g. a run still training, or broken weights
+            skipped.append(f"{name}: {folder} cannot be loaded ({exc})")
+            continue
         depth = policy.env_config.get("depth") or action_type_of(policy.env_id).default_depth
         problems = policy_config_problems(spec, depth, policy.env_config)
         if problems:

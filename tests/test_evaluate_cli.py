@@ -99,3 +99,13 @@ def test_a_bad_grid_names_the_values(grid: list[str], capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--sigma-grid", *grid])
     assert "--sigma-grid" in capsys.readouterr().err
+
+
+def test_a_broken_run_folder_is_skipped_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "half-trained").mkdir()
+    args = ["--sigma-grid", "0", "--chips", "1", "--images", "20", "--depths", "8", "--mask-drops", "--exit-depth",
+            "110", "--no-standard-runs", "--policies", "half-trained", "--no-progress", "--out", "ev"]
+    assert evaluate.main(args) == 0
+    assert "skipped half-trained: half-trained cannot be loaded" in capsys.readouterr().out
