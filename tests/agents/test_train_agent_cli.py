@@ -29,8 +29,8 @@ def train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 ALGOS = {
     "reinforce-blockdrop": ["--algo", "reinforce", "--depth", "8", "--steps", "640", "--batch-size", "64",
                             "--finetune-batch-size", "32"],
-    "reinforce-exit": ["--algo", "reinforce", "--env", "early-exit", "--steps", "256", "--batch-size", "64",
-                       "--finetune-batch-size", "32"],
+    "reinforce-exit": ["--algo", "reinforce", "--env", "early-exit", "--observe", "both", "--steps", "256",
+                       "--batch-size", "64", "--finetune-batch-size", "32"],
     "reinforce-thresholds": ["--algo", "reinforce", "--env", "exit-thresholds", "--obs-mode", "image", "--no-sigma",
                              "--steps", "256", "--batch-size", "64", "--finetune-batch-size", "32"],
     "ppo": ["--algo", "ppo", "--depth", "8", "--steps", "256", "--num-envs", "32"],
