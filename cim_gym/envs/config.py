@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 OBS_MODES = ("features", "image")
 REWARDS = ("accuracy", "blockdrop", "energy")
 SPLITS = ("train", "val", "test")
@@ -40,13 +42,12 @@ def _fail(name: str, value: Any, allowed: str) -> None:
 
 def _is_number(value: Any) -> bool:
     """A finite real number: Python or numpy (``np.float32(0.1)``, ``np.int64(3)``), not a bool."""
-    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, __import__("numpy").bool_))
-            and math.isfinite(float(value)))
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(float(value))
 
 
 def _is_int(value: Any) -> bool:
     """An integer, Python or numpy (``np.int64(3)``), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, __import__("numpy").bool_))
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
