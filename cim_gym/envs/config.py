@@ -52,7 +52,9 @@ def _is_int(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class EnvConfig:
-    """Settings shared by every cim-gym environment (keyword arguments of ``gym.make``)."""
+    """Settings shared by every cim-gym environment (keyword arguments of ``gym.make``). Numbers may be Python or
+    numpy scalars (``np.float32(0.05)``, ``np.int64(3)``); they are stored as Python ``int`` / ``float``, so the
+    config (and the environment's spec) stays JSON-safe."""
 
     dataset: str = "digits"
     """Data set of the images and of the backbone: digits, fashion-mnist, mnist, cifar10, cifar100."""
