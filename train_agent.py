@@ -259,14 +259,7 @@ def run_sb3(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, Any], o
     import cim_gym
     from agents import load_policy
     from agents.runs import MetricsCSV, RunFolder, space_to_json
-    from agents.sb3 import (
-        EpisodeStatsCallback,
-        make_sb3,
-        restore_sb3_checkpoint,
-        save_sb3_checkpoint,
-        save_sb3_policy,
-        train_sb3,
-    )
+    from agents.sb3 import EpisodeStatsCallback, SB3Interrupted, save_sb3_checkpoint, train_sb3
 
     probe = gym.make_vec(env_id, num_envs=1, vectorization_mode="vector_entry_point", **env_kwargs)
     settings = {"steps": args.steps or 100_000, "num_envs": args.num_envs or 64, "lr": args.lr, "seed": args.seed,
@@ -283,18 +276,15 @@ def run_sb3(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, Any], o
     csv_log = MetricsCSV(run.path / "metrics.csv")
     stats = EpisodeStatsCallback(every=max(1024, settings["num_envs"]), on_row=csv_log.write,
                                  progress=not args.no_progress, total_timesteps=settings["steps"])
-    common = {"num_envs": settings["num_envs"], "seed": args.seed, "device": args.device,
-              "algo_kwargs": {"learning_rate": args.lr} if args.lr is not None else None}
     try:
-        model = train_sb3(args.algo, env_id, env_kwargs, total_timesteps=settings["steps"], **common,
+        model = train_sb3(args.algo, env_id, env_kwargs, total_timesteps=settings["steps"], num_envs=settings["num_envs"],
+                          seed=args.seed, device=args.device,
+                          algo_kwargs={"learning_rate": args.lr} if args.lr is not None else None,
                           tensorboard_log=run.path / "tb", callback=stats, checkpoint_dir=run.path,
                           resume_from=run.path if args.resume else None)
-    except KeyboardInterrupt:
-        # train_sb3 wrote the checkpoint; rebuild the model from it once to describe the policy in run.json.
-        model = make_sb3(args.algo, env_id, env_kwargs, **common)
-        restore_sb3_checkpoint(model, run.path)
-        run.write_meta(network=save_sb3_policy(model, run.path), status="interrupted",
-                       progress={"timesteps": int(model.num_timesteps), "of": settings["steps"]})
+    except SB3Interrupted as stop:  # train_sb3 wrote the checkpoint; record it
+        run.write_meta(network=stop.description, status="interrupted",
+                       progress={"timesteps": int(stop.model.num_timesteps), "of": settings["steps"]})
         raise
     finally:
         csv_log.close()
