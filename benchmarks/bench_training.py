@@ -7,6 +7,8 @@ training) relative to the quantization-aware (QAT) step at the reference batch s
 - ``float``: the plain model (float pretraining, ``--float-epochs``);
 - ``float channels_last`` / ``qat channels_last``: the same with the model and inputs in channels-last memory layout;
 - ``float batch 2B`` / ``float batch 4B``: larger batches (the learning rate would scale with the batch);
+- ``qat, fused input fake-quant``: the QAT step with the input quantizer as one autograd node (same values, the
+  straight-through gradient from a saved in-range mask) -- a candidate for ``cim_gym.hardware.quant``;
 - ``data``: drawing the batch from the in-memory training tensor and augmenting it (random crop + flip,
   vectorized), with no per-sample Python work.
 
@@ -24,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +62,46 @@ def step_fn(model: nn.Module, batch: int, *, channels_last: bool, seed: int) -> 
         opt.step()
 
     return step
+
+
+class _FusedInputQuant(torch.autograd.Function):
+    """Input fake quantization in one autograd node: the same values as ``quantize_input`` (clamp, scale, round,
+    rescale), the straight-through gradient as a saved in-range mask (one pass) instead of the ``minimum`` /
+    ``maximum`` / add / subtract graph of the reference. The gradients are equal except for inputs exactly on a
+    range edge, where the reference's ``maximum`` / ``minimum`` pass half (after a ReLU those get none anyway)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, input_range: Tensor, bits: int, signed: bool) -> Tensor:  # type: ignore[override]
+        top = float(max(2 ** (bits - 1) - 1, 1) if signed else 2**bits - 1)
+        r = input_range.clamp_min(1e-12)
+        lo = -r if signed else torch.zeros_like(r)
+        ctx.save_for_backward((x >= lo) & (x <= r))
+        return torch.clamp(x, lo, r).mul_(top / r).round_().mul_(r / top)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None
+
+
+def fused_quantize_input(x: Tensor, input_range: Tensor, bits: int, signed: bool) -> Tensor:
+    """Drop-in for ``cim_gym.hardware.quant.quantize_input`` (benchmark candidate: is a fused op cheaper?)."""
+    return _FusedInputQuant.apply(x, input_range, bits, signed)
+
+
+def with_fused_input_quant(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` run with :func:`fused_quantize_input` in place of the reference input quantizer."""
+    from cim_gym.hardware import quant
+
+    def run() -> None:
+        original = quant.quantize_input
+        quant.quantize_input = fused_quantize_input
+        try:
+            fn()
+        finally:
+            quant.quantize_input = original
+
+    return run
 
 
 def data_fn(batch: int, seed: int) -> Callable[[], Tensor]:
@@ -99,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     rows: dict[str, tuple[Callable[[], object], int]] = {
         f"qat batch {b}": (step_fn(quantize_model(fresh(), cfg), b, channels_last=False, seed=1), b),
         f"float batch {b}": (step_fn(fresh(), b, channels_last=False, seed=1), b),
+        f"qat, fused input fake-quant, batch {b}": (
+            with_fused_input_quant(step_fn(quantize_model(fresh(), cfg), b, channels_last=False, seed=1)), b),
         f"qat channels_last batch {b}": (step_fn(quantize_model(fresh(), cfg), b, channels_last=True, seed=1), b),
         f"float channels_last batch {b}": (step_fn(fresh(), b, channels_last=True, seed=1), b),
         f"float batch {2 * b}": (step_fn(fresh(), 2 * b, channels_last=False, seed=1), 2 * b),
