@@ -206,7 +206,8 @@ def summary_markdown(result: Any, rows: Sequence[dict[str, Any]], notes: Sequenc
         lines.append(f"| {m} | {role[m]} | {cells} | {acc.grid(m).format()} | {acc.at(m, worst).format()} "
                      f"at σ {sigmas[worst]:g} |")
     lines += ["", "## Compute per image (mean over the grid and chips)", "",
-              "| method | blocks run / exit taken | chip MACs | decision MACs | total MACs | chip energy (nJ) |",
+              "| method | blocks run / exit taken (mean; exits count from 0) | chip MACs | decision MACs | total MACs "
+              "| chip energy (nJ) |",
               "| --- | --- | --- | --- | --- | --- |"]
     for m in methods:
         group = [r for r in rows if r["method"] == m]
