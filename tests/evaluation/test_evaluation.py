@@ -272,3 +272,18 @@ def test_default_grid_is_measured_where_the_deepest_model_halves() -> None:
     grid = grid_from_limit(limit)
     assert len(grid) >= 8 and grid[0] == 0.0 and grid[-1] == limit
     assert default_grid("digits", "programming") == grid_from_limit(0.19)  # recorded, not re-measured
+
+
+def test_a_cell_programs_its_chip_once_for_all_its_methods(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cim_gym.hardware.pool as pool_module
+
+    spec = SweepSpec(dataset="digits", sigmas=(0.0, 0.1), chips=2, images=30)
+    engine = Engine(spec, [FixedDepth(depth=14), StaticMask(depth=14, drop_per_stage=1),
+                           PolicyMethod.from_env("p", aware_policy, "CIMBlockDrop-v0", {"dataset": "digits", "depth": 14},
+                                                 0)])
+    calls: list[int] = []
+    real = pool_module.program
+    monkeypatch.setattr(pool_module, "program", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    for key in engine.cells():
+        engine.run_cell(key)
+    assert calls == [pool_seed(spec.seed, s, c) for s in range(2) for c in range(2)]
