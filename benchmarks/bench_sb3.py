@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -27,10 +25,8 @@ import torch
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's top-level `agents`
-
-import cim_gym  # noqa: E402, F401
-from agents.sb3 import ALGOS, SB3VecEnvAdapter, ScaledCombinedExtractor, default_algo_kwargs  # noqa: E402
+import cim_gym  # noqa: F401  (registers the environment ids)
+from agents.sb3 import ALGOS, SB3VecEnvAdapter, ScaledCombinedExtractor, default_algo_kwargs
 
 
 def positive(text: str) -> int:

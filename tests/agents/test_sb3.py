@@ -6,25 +6,19 @@ Tiny budgets on the digits defaults with two sigmas and one chip each: these tes
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `agents` is a top-level folder of the repository, beside `cim_gym`
-    sys.path.insert(0, str(ROOT))
-
-import gymnasium as gym  # noqa: E402
-from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
-from stable_baselines3.common.monitor import Monitor  # noqa: E402
-from stable_baselines3.common.vec_env import VecMonitor, VecNormalize  # noqa: E402
-
-import cim_gym  # noqa: E402, F401
-from agents.sb3 import (  # noqa: E402
+import cim_gym  # noqa: F401
+from agents.sb3 import (
     SUPPORTED_ENVS,
     EpisodeStatsCallback,
     SB3Interrupted,
