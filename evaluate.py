@@ -34,22 +34,18 @@ from cim_gym.envs.config import NOISE_SOURCES
 # name -> (role, train_agent.py arguments); the data set, CIM config, noise source, seed, sigmas and --out are added.
 # "noisy" runs train over the evaluation's sigma range, "ideal" ones at sigma 0 only (the original BlockDrop).
 LEARNED: dict[str, tuple[str, str, str]] = {
-    "blockdrop-sigma": ("noise-aware", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --reward blockdrop "
-                                                "--penalty 1"),
-    "blockdrop-nosigma": ("sigma-hidden", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --reward "
-                                                   "blockdrop --penalty 1 --no-sigma"),
-    "blockdrop-ideal-lowpenalty": ("baseline", "ideal", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --reward "
-                                                        "blockdrop --penalty 0.5"),
-    "blockdrop-ideal-highpenalty": ("baseline", "ideal", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --reward "
-                                                         "blockdrop --penalty 5"),
-    "exit-sigma": ("noise-aware", "noisy", "--algo reinforce --env CIMEarlyExit-v0 --depth {ex} --reward blockdrop "
-                                           "--penalty 1"),
-    "exit-nosigma": ("sigma-hidden", "noisy", "--algo reinforce --env CIMEarlyExit-v0 --depth {ex} --reward blockdrop "
-                                              "--penalty 1 --no-sigma"),
-    "thresholds-sigma": ("noise-aware", "noisy", "--algo ppo --env CIMExitThresholds-v0 --depth {ex} --reward "
-                                                 "blockdrop --penalty 1"),
-    "thresholds-nosigma": ("sigma-hidden", "noisy", "--algo ppo --env CIMExitThresholds-v0 --depth {ex} --reward "
-                                                    "blockdrop --penalty 1 --no-sigma"),
+    # train_agent.py's own defaults: BlockDrop's usage reward (penalty 1, then 10) for masks, accuracy for exits.
+    "blockdrop-sigma": ("noise-aware", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd}"),
+    "blockdrop-nosigma": ("sigma-hidden", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --no-sigma"),
+    "blockdrop-chip": ("chip-aware", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --observe chip"),
+    "blockdrop-chip-sigma": ("chip-aware", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --observe both"),
+    # The original BlockDrop: trained at sigma 0 with a low and a high final penalty.
+    "blockdrop-ideal-lowpenalty": ("baseline", "ideal", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --penalty 2"),
+    "blockdrop-ideal-highpenalty": ("baseline", "ideal", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --penalty 10"),
+    "exit-sigma": ("noise-aware", "noisy", "--algo reinforce --env CIMEarlyExit-v0 --depth {ex}"),
+    "exit-nosigma": ("sigma-hidden", "noisy", "--algo reinforce --env CIMEarlyExit-v0 --depth {ex} --no-sigma"),
+    "thresholds-sigma": ("noise-aware", "noisy", "--algo reinforce --env CIMExitThresholds-v0 --depth {ex}"),
+    "thresholds-nosigma": ("sigma-hidden", "noisy", "--algo reinforce --env CIMExitThresholds-v0 --depth {ex} --no-sigma"),
 }
 """The standard learned methods: run folder name -> (role, "noisy" | "ideal", train_agent.py arguments)."""
 
