@@ -31,7 +31,8 @@ MEASURED_LIMITS: dict[tuple[str, str], float] = {
     ("fashion-mnist", "programming"): 0.12,
 }
 """(dataset, noise source) -> the first sigma (step 0.01, output noise 0.005) where the deepest fixed model's mean
-accuracy is at most half its clean accuracy; filled from ``python evaluate.py --measure-grid`` runs."""
+accuracy is at most half its clean accuracy, on the ideal CIM preset; filled from ``python evaluate.py
+--measure-grid`` runs."""
 
 
 def shipped_depths(dataset: str, variant: str = "blockdrop") -> list[int]:
@@ -100,9 +101,11 @@ def measure_limit(dataset: str, noise_source: str = "programming", cim: str | di
     raise RuntimeError(f"{method.name} keeps more than half its clean accuracy up to sigma {max_sigma:g}")
 
 
-def default_grid(dataset: str, noise_source: str = "programming", **measure_kwargs: object) -> tuple[float, ...]:
-    """The default grid of a data set and noise source: the recorded limit, or one measured now."""
-    limit = MEASURED_LIMITS.get((dataset, noise_source))
+def default_grid(dataset: str, noise_source: str = "programming", cim: str | dict = "ideal",
+                 **measure_kwargs: object) -> tuple[float, ...]:
+    """The default grid of a data set, noise source and CIM config: the recorded limit (ideal preset only), or one
+    measured now (``measure_kwargs`` go to :func:`measure_limit`)."""
+    limit = MEASURED_LIMITS.get((dataset, noise_source)) if cim == "ideal" else None
     if limit is None:
-        limit = measure_limit(dataset, noise_source, **measure_kwargs)  # type: ignore[arg-type]
+        limit = measure_limit(dataset, noise_source, cim, **measure_kwargs)  # type: ignore[arg-type]
     return grid_from_limit(limit)
