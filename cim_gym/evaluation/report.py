@@ -267,10 +267,15 @@ def _plots(result: Any, rows: Sequence[dict[str, Any]], out: Path) -> None:
     sigmas, chips = spec["sigmas"], spec["chips"]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     role = {r["method"]: r["role"] for r in rows}
+    family = {r["method"]: r["family"] for r in rows}
     acc, macs = _Table(rows, sigmas, chips, "accuracy"), _Table(rows, sigmas, chips, "total_macs")
-    colors = plt.get_cmap("tab20")
-    style = {m: {"color": colors(i % 20), "linestyle": "--" if role[m] == "oracle" else "-",
-                 "marker": "s" if role[m] == "oracle" else "o"} for i, m in enumerate(methods)}
+    colors = plt.get_cmap("tab10")
+    # line style and marker say the family, colour tells methods apart within it
+    look = {"fixed": ("-", "o", 1.2), "static-mask": ("-.", "^", 1.2), "entropy-exit": (":", "v", 1.5),
+            "policy": ("-", "D", 2.4), "oracle": ("--", "s", 1.2)}
+    style = {m: {"color": colors(i % 10), "linestyle": look.get(family[m], ("-", "o", 1.2))[0],
+                 "marker": look.get(family[m], ("-", "o", 1.2))[1],
+                 "linewidth": look.get(family[m], ("-", "o", 1.2))[2]} for i, m in enumerate(methods)}
     title = f"{spec['dataset']}, {spec['noise_source']} noise, {chips} chips"
 
     def save(fig: Any, name: str) -> None:
@@ -284,7 +289,7 @@ def _plots(result: Any, rows: Sequence[dict[str, Any]], out: Path) -> None:
             iv = [table.at(m, s) for s in range(len(sigmas))]
             ax.plot(sigmas, [i.mean for i in iv], label=m, markersize=3, **style[m])
             if table is acc:
-                ax.fill_between(sigmas, [i.low for i in iv], [i.high for i in iv], color=style[m]["color"], alpha=0.12)
+                ax.fill_between(sigmas, [i.low for i in iv], [i.high for i in iv], color=style[m]["color"], alpha=0.08)
         ax.set_xlabel(f"sigma ({spec['noise_source']})")
         ax.set_ylabel(ylabel)
         ax.set_title(title + (" (bands: 95 % intervals over chips)" if table is acc else ""))
