@@ -296,7 +296,7 @@ def run_sb3(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, Any], o
 def report(args: argparse.Namespace, env_id: str, policy: Any, out: Path) -> None:
     from agents.report import greedy_report, write_report
 
-    what = {"CIMBlockDrop-v0": "blocks", "CIMEarlyExit-v0": "exit", "CIMExitThresholds-v0": "MAC share"}[env_id]
+    what = {"CIMBlockDrop-v0": "blocks", "CIMEarlyExit-v0": "exit (0 = first)", "CIMExitThresholds-v0": "MAC share"}[env_id]
     rows = greedy_report(policy, env_id, policy.env_config, chips_per_sigma=args.report_chips,
                          max_images=args.report_images, progress=not args.no_progress)
     print(write_report(rows, out, what))

@@ -31,7 +31,7 @@ class ReportRow:
     accuracy: float
     accuracy_full: float
     used: float
-    """Blocks run (masks), mean exit index (exits), or share of the full path's MACs (thresholds)."""
+    """Blocks run (masks), exit index (exits, 0 = the first), or share of the full path's MACs (thresholds)."""
     used_of: int
     macs: float
     macs_full: float
@@ -46,12 +46,18 @@ def full_path_action(action_space: spaces.Space[Any], n: int) -> np.ndarray:
     return np.full((n, *action_space.shape), -1.0, dtype=np.float32)
 
 
-def _used(action_space: spaces.Space[Any], final: dict[str, Any]) -> tuple[np.ndarray, int]:
+def used_of(action_space: spaces.Space[Any]) -> int:
+    """What "used" counts out of: K blocks for masks; 1 for the exit index and the MAC share (printed as is)."""
+    return int(np.prod(action_space.shape)) if isinstance(action_space, spaces.MultiBinary) else 1
+
+
+def _used(action_space: spaces.Space[Any], final: dict[str, Any]) -> np.ndarray:
+    """Per episode: blocks run (masks), the exit index (exits), the share of the full path's MACs (thresholds)."""
     if isinstance(action_space, spaces.MultiBinary):
-        return np.asarray(final["path"]).sum(1), int(np.prod(action_space.shape))
+        return np.asarray(final["path"]).sum(1)
     if isinstance(action_space, spaces.Discrete):
-        return np.asarray(final["path"], dtype=np.float64), int(action_space.n)
-    return np.asarray(final["usage"], dtype=np.float64), 1
+        return np.asarray(final["path"], dtype=np.float64)
+    return np.asarray(final["usage"], dtype=np.float64)
 
 
 def greedy_report(act: Callable[[dict[str, np.ndarray]], np.ndarray], env_id: str, env_kwargs: dict[str, Any], *,
@@ -84,15 +90,15 @@ def greedy_report(act: Callable[[dict[str, np.ndarray]], np.ndarray], env_id: st
             actions = np.asarray(act({k: v[:size] for k, v in obs.items()}))
             _, _, _, _, info = envs.step(np.concatenate([actions, full_path_action(action_space, size)]))
             final = info["final_info"]
-            used, _ = _used(action_space, final)
+            used = _used(action_space, final)
             correct, macs = np.asarray(final["correct"], dtype=np.float64), np.asarray(final["macs"], dtype=np.float64)
             sums[sigma] += [correct[:keep].sum(), correct[size:size + keep].sum(), used[:keep].sum(),
                             macs[:keep].sum(), macs[size:size + keep].sum(), keep]
     envs.close()
-    _, used_of = _used(action_space, {"path": np.zeros((1, 1)), "usage": np.zeros(1)})
     for sigma in sigmas:
         c, cf, u, m, mf, n = sums[sigma]
-        rows.append(ReportRow(float(sigma), chips_per_sigma, n_images, c / n, cf / n, u / n, used_of, m / n, mf / n))
+        rows.append(ReportRow(float(sigma), chips_per_sigma, n_images, c / n, cf / n, u / n, used_of(action_space),
+                              m / n, mf / n))
     return rows
 
 
