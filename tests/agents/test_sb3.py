@@ -134,6 +134,23 @@ def test_attributes_and_methods_of_the_one_batched_env() -> None:
 def test_adapter_refuses_what_it_cannot_serve() -> None:
     with pytest.raises(TypeError, match="VectorEnv"):
         SB3VecEnvAdapter(gym.make("CIMEarlyExit-v0", **SMALL))
+    with pytest.raises(ValueError, match="SAME_STEP"):
+        adapter(autoreset_mode="next_step")
+
+
+def test_every_observation_reaches_the_policy_scaled() -> None:
+    """Sigma hidden, or the chip descriptor added: the policy's input follows the space, mapped onto [-1, 1]."""
+    for extra, keys in (({"observe_sigma": False}, {"features"}), ({"observe_chip": True}, {"features", "sigma", "chip"})):
+        model = make_sb3("ppo", "CIMEarlyExit-v0", {**SMALL, **extra}, num_envs=4, device="cpu", algo_kwargs=FAST["ppo"])
+        assert set(model.observation_space.spaces) == keys
+        model.learn(16)
+        extractor = model.policy.features_extractor
+        obs = {k: torch.as_tensor(np.stack([s.low, s.high])) for k, s in model.observation_space.spaces.items()}
+        out = extractor(obs)
+        assert out.shape == (2, sum(s.shape[0] for s in model.observation_space.spaces.values()))
+        # low -> -1, high -> +1 (an entry whose bounds are equal -> 0), keys in the extractor's order
+        spread = torch.cat([(obs[k][1] > obs[k][0]).float() for k in extractor.extractors])
+        torch.testing.assert_close(out, torch.stack([-spread, spread]))
 
 
 def test_vec_normalize_and_vec_monitor_work_on_it() -> None:
