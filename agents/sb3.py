@@ -661,6 +661,9 @@ def load_sb3_policy(
 ) -> SB3Policy:
     """Rebuild the policy that :func:`save_sb3_policy` wrote to ``folder`` (no pickle: JSON + safetensors).
 
+    :param device: "cpu", "cuda[:index]" or "auto" (CUDA when present).
+    :param seed: seed of the loaded policy's own generator of stochastic actions.
+
     :raises ValueError: the description is not an SB3 one, names a class outside SB3/torch/agents, or the spaces
         differ from the ones the policy was trained on; the file is missing, altered, or holds non-finite weights.
     """
@@ -685,6 +688,10 @@ def load_sb3_policy(
     bad = [k for k, v in policy.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"{path} holds non-finite weights in {bad[:3]}: refusing to load a broken policy")
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device={device!r} is not allowed: expected 'auto', 'cpu' or 'cuda[:index]'")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     policy.to(torch.device(device)).set_training_mode(False)
     return SB3Policy(policy, description, seed=seed)
 

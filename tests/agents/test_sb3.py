@@ -270,6 +270,8 @@ def test_loading_refuses_altered_or_mismatched_policies(trained: dict, tmp_path:
         load_sb3_policy(tmp_path, {**description, "policy_class": "os:system"}, obs_space, act_space)
     with pytest.raises(ValueError, match="format"):
         load_sb3_policy(tmp_path, {**description, "format": "pickle"}, obs_space, act_space)
+    with pytest.raises(ValueError, match="device='gpu'"):
+        load_sb3_policy(tmp_path, description, obs_space, act_space, device="gpu")
     with pytest.raises(ValueError, match="obs_batch"):
         load_sb3_policy(tmp_path, description, obs_space, act_space).act({"features": np.zeros((2, 16))})
     data = bytearray((tmp_path / "policy.safetensors").read_bytes())
