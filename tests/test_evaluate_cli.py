@@ -109,3 +109,21 @@ def test_a_broken_run_folder_is_skipped_with_the_reason(tmp_path: Path, monkeypa
             "110", "--no-standard-runs", "--policies", "half-trained", "--no-progress", "--out", "ev"]
     assert evaluate.main(args) == 0
     assert "skipped half-trained: half-trained cannot be loaded" in capsys.readouterr().out
+
+
+def test_every_standard_train_command_is_valid_for_train_agent() -> None:
+    import train_agent
+
+    a = evaluate.parse_args([])
+    parser = train_agent.build_parser()
+    for name in evaluate.LEARNED:
+        cmd = evaluate.train_command(name, a, (0.0, 0.19), steps=4096)
+        args = parser.parse_args(cmd[2:])
+        env_id = args.env or train_agent.DEFAULT_ENV[args.algo]
+        train_agent.check_algo_args(parser, args, env_id)
+        kwargs = train_agent.env_kwargs_from(args, env_id)
+        assert kwargs["dataset"] == "digits" and kwargs["noise_source"] == "programming"
+        assert kwargs["observe_sigma"] is not name.endswith(("-nosigma", "-chip"))
+        assert ("sigmas" in kwargs) is ("ideal" in name) and ("sigma_range" in kwargs) is ("ideal" not in name)
+        if args.algo == "reinforce":
+            train_agent.reinforce_settings(args)
