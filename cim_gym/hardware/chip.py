@@ -275,15 +275,19 @@ class ChipLayer:
         q, step = input_levels(x, self.input_range, self.input_bits, bool(self.signed_input))
         if self.engine is None:
             assert self.w_eff is not None
-            y = self._linear_op(q * step, self.w_eff, self.bias)
-            unit = self.w_scale / float(2**self.weight_bits - 1) * step  # signed level x input level -> output
-            if self.read_var is not None:
+            x2 = None
+            if self.read_var is not None:  # sum over read cycles of the squared applied inputs, per input level
                 assert self.x2_table is not None
                 x2 = self.x2_table[(q - self.qmin).long()]
-                sd = self._linear_op(x2, self.read_var, None).clamp_(min=0).sqrt_()
-                y = y + sd.mul_(torch.randn(sd.shape, generator=self.generator, dtype=sd.dtype, device=sd.device)) * unit
-            if self.input_factor is not None:
-                y = y + self._position_noise(y, self.input_factor) * unit
+            y = self._linear_op(q.mul_(step), self.w_eff, self.bias)
+            if x2 is not None or self.input_factor is not None:
+                unit = self.w_scale / float(2**self.weight_bits - 1) * step  # signed level x input level -> output
+                if x2 is not None:
+                    sd = self._linear_op(x2, self.read_var, None).clamp_(min=0).sqrt_()  # type: ignore[arg-type]
+                    noise = torch.randn(sd.shape, generator=self.generator, dtype=sd.dtype, device=sd.device)
+                    y = y + sd.mul_(noise) * unit
+                if self.input_factor is not None:
+                    y = y + self._position_noise(y, self.input_factor) * unit
         elif self.engine.pending:  # per-chip ADC calibration: the first batch this chip sees fixes its ranges
             y = self.engine.calibrate_forward(q, step, self.bias, self.generator)
         else:
