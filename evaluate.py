@@ -38,9 +38,9 @@ LEARNED: dict[str, tuple[str, str, str]] = {
     "blockdrop-sigma": ("noise-aware", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd}"),
     "blockdrop-nosigma": ("sigma-hidden", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --no-sigma"),
     # The same with the Bernoulli entropy bonus (BlockDrop's own -p' log p' settles on one mask on digits).
-    "blockdrop-sigma-bernoulli": ("noise-aware", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} "
+    "blockdrop-bernoulli-sigma": ("noise-aware", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} "
                                                           "--entropy bernoulli"),
-    "blockdrop-nosigma-bernoulli": ("sigma-hidden", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} "
+    "blockdrop-bernoulli-nosigma": ("sigma-hidden", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} "
                                                              "--no-sigma --entropy bernoulli"),
     "blockdrop-chip": ("chip-aware", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --observe chip"),
     "blockdrop-chip-sigma": ("chip-aware", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --observe both"),
