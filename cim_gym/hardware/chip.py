@@ -75,8 +75,9 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
 @dataclass
 class Calibration:
     """What all chips of one (model, config) share: per analog layer, the clean quantized output range
-    (max - min, for output noise), the ADC ranges of the noise-free chip (``adc_calibration="shared"``), and the
-    calibration batch each chip runs at programming time to fix its own ADC ranges (``adc_calibration="chip"``).
+    (max - min, for output noise), the ADC ranges of the noise-free chip (``adc_calibration="shared"``: computed by
+    :func:`calibrate` for such a config, or on first use by :func:`program`), and the calibration batch each chip
+    runs at programming time to fix its own ADC ranges (``adc_calibration="chip"``).
 
     ``to_dict`` stores the ranges, not the batch: a calibration read back with ``from_dict`` serves "shared" ADC
     ranges and output noise; per-chip ADC calibration needs ``calibrate`` again (or ``inputs`` set)."""
