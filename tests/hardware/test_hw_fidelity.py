@@ -445,3 +445,15 @@ def test_percentile_ranges_do_not_depend_on_chunking(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(exact_mod, "CHUNK_ELEMENTS", 2000)  # many chunks: the histogram must add them all up
     for a, b in zip(whole, ranges()):
         assert torch.equal(a, b)
+
+
+def test_shared_adc_ranges_are_computed_on_demand() -> None:
+    cfg = CIMConfig(adc_bits=5, subarray_rows=32)
+    q, x = make_qnet(cfg)
+    calib = calibrate(q, cfg, x)  # per-chip calibration computes no shared ranges
+    assert not calib.adc_ranges
+    shared = cfg.replace(adc_calibration="shared")
+    late = program(q, shared, 0.05, 1, calibration=calib)
+    assert calib.adc_ranges
+    with torch.no_grad():
+        assert torch.equal(late(x), program(q, shared, 0.05, 1, calibration=calibrate(q, shared, x))(x))
