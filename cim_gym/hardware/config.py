@@ -133,7 +133,8 @@ class CIMConfig:
     read_noise: float = 0.0
     """Std of the relative cycle-to-cycle read noise, G'' = G (1 + read_noise N): independent for every cell, read
     cycle (input bit), output position and image; drawn anew at every forward; >= 0. The reference column is
-    noise-free."""
+    noise-free; a partial sum gets the exact Gaussian law of its cells' noise (clipping at G = 0, a Phi(-1/r)
+    event, neglected)."""
     output_noise: float = 0.0
     """Std of the additive Gaussian noise on each analog layer's output (before the activation), as a fraction of
     that layer's calibrated output range (max - min); Yang & Sze, IEDM 2019. Drawn anew at every forward; >= 0."""
