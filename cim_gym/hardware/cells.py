@@ -14,6 +14,11 @@ Readout (the digital periphery, exact):
 - "differential": ``(G+ - G-)/(1-1/R) = u+ - u-`` and ``Y = sum_k 2^(c k) (u+_k - u-_k)``.
 Without noise ``Y = 2X - (2^b - 1)`` with ``X`` the weight level, i.e. exactly the quantized weight
 ``w_q = s Y / (2^b - 1)``.
+
+Per chip, in this order: programming variation, stuck-at faults (a stuck cell holds ``u = 0``, G_min, or
+``u = 2^c - 1``, G_max, whatever was programmed), drift (stuck cells stay stuck). Read noise is drawn per read by the
+chip layers (:mod:`cim_gym.hardware.chip`, :mod:`cim_gym.hardware.exact`); :func:`apply_read_noise` serves
+noise-injection training, which perturbs weights once per forward.
 """
 
 from __future__ import annotations
