@@ -38,6 +38,7 @@ from gymnasium import spaces
 
 import cim_gym  # noqa: F401  (registers the environment ids)
 from agents.networks import Head, NetworkSettings, PolicyNetwork, make_head, obs_to_tensors
+from cim_gym.devices import pick_device
 
 
 @dataclass(frozen=True)
@@ -129,14 +130,6 @@ class ReinforceSettings:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' is not allowed here: no CUDA device is available (use 'auto' or 'cpu')")
-    return torch.device(name)
 
 
 @dataclass

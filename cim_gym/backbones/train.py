@@ -61,6 +61,7 @@ from cim_gym.backbones.checkpoint import (
     recipe_label,
     save_checkpoint,
 )
+from cim_gym.devices import pick_device
 from cim_gym.hardware.config import NOISE_SOURCES
 
 FLIP_DATASETS = ("fashion-mnist", "cifar10", "cifar100")
@@ -273,23 +274,6 @@ def _fmt(v: Any) -> str:
 
 
 # ---- pieces -----------------------------------------------------------------------------------------------------
-def pick_device(name: str) -> torch.device:
-    """``"auto"`` (CUDA when available, else CPU) or a torch device string; an unknown or absent device is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"device={name!r} is not allowed: expected 'auto', 'cpu', 'cuda' or 'cuda:N' ({exc})") from exc
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0 or (device.index or 0) >= count:
-            raise ValueError(f"device={name!r} is not allowed: this machine has {count} CUDA device(s)")
-    elif device.type != "cpu":
-        raise ValueError(f"device={name!r} is not allowed: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    return device
-
-
 def crop_padding(image_size: int) -> int:
     """Padding of the random crop: 4 pixels for 28x28 / 32x32 images, 1 for 8x8 digits."""
     return max(1, image_size // 7)

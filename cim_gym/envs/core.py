@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cim_gym.devices import pick_device
 from cim_gym.envs.config import EnvConfig
 
 
@@ -37,14 +38,6 @@ def resolve_cim(spec: str | dict[str, Any]) -> Any:
     if "preset" in spec:
         return get_preset(spec.pop("preset")).replace(**spec)
     return CIMConfig.from_dict(spec)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' is not allowed here: no CUDA device is available (use 'auto' or 'cpu')")
-    return torch.device(name)
 
 
 SIGMA_MATCH_RTOL = 1e-6
