@@ -528,7 +528,7 @@ def _train(s: TrainSettings) -> Path:
             qat = True
             best_acc, best_state, best_epoch = -1.0, None, -1  # the model kept is a QAT one
         model.train()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         order = torch.randperm(n_train, generator=gen)
         total_loss, total_hits, seen = 0.0, 0, 0
         phase = "qat" if qat else "float"
@@ -579,7 +579,7 @@ def _train(s: TrainSettings) -> Path:
         record = {"epoch": epoch + 1, "phase": phase, "train_loss": round(total_loss / seen, 5),
                   "train_acc": round(100 * total_hits / seen, 3), "val_acc": [round(float(v), 3) for v in val.flatten()],
                   "val_score": round(val_score, 3), "lr": opt.param_groups[0]["lr"],
-                  "seconds": round(time.perf_counter() - t0, 1)}
+                  "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(time.process_time() - c0, 1)}
         print(json.dumps(record), file=sys.stderr, flush=True)
         with open(run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -630,7 +630,9 @@ def final_accuracy(model: nn.Module, data: Any, s: TrainSettings, device: torch.
 
 
 def _epoch_seconds(run_dir: Path) -> dict[str, Any]:
-    """Timing of a run from its ``log.jsonl``: mean seconds per epoch (all, float, QAT) and their sum."""
+    """Timing of a run from its ``log.jsonl``: mean wall seconds per epoch (all, float, QAT), their sum, and the
+    processor time of the epochs (``train_cpu_seconds``: the cost without the waits of a shared machine; None when
+    an epoch was logged without it)."""
     path = run_dir / "log.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
@@ -640,7 +642,9 @@ def _epoch_seconds(run_dir: Path) -> dict[str, Any]:
     return {"epoch_seconds": mean(records),
             "float_epoch_seconds": mean([r for r in records if r.get("phase") == "float"]),
             "qat_epoch_seconds": mean([r for r in records if r.get("phase", "qat") == "qat"]),
-            "train_seconds": round(sum(r["seconds"] for r in records), 1)}
+            "train_seconds": round(sum(r["seconds"] for r in records), 1),
+            "train_cpu_seconds": (round(sum(r["cpu_seconds"] for r in records), 1)
+                                  if records and all("cpu_seconds" in r for r in records) else None)}
 
 
 class _noise:

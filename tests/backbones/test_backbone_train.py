@@ -163,6 +163,7 @@ def test_float_pretraining_then_qat_finetune_writes_the_same_kind_of_checkpoint(
     assert b["training"]["float_epoch_seconds"] > 0 and b["training"]["qat_epoch_seconds"] > 0
     assert a["training"]["float_epoch_seconds"] is None
     assert b["training"]["wall_seconds"] >= b["training"]["train_seconds"] > 0
+    assert b["training"]["train_cpu_seconds"] > 0
     phases = [json.loads(line)["phase"] for line in (tmp_path / "mixed" / "log.jsonl").read_text().splitlines()]
     assert phases == ["float", "qat"]
     assert weights(qat).keys() == weights(mixed).keys()  # quantizer ranges included: the kept model is a QAT one
