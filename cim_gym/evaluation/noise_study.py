@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cim_gym.backbones.checkpoint import atomic_write
+from cim_gym.files import atomic_write
 
 DEFAULT_LEVELS: dict[str, list[float]] = {
     "programming": [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15],

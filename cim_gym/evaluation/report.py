@@ -261,7 +261,7 @@ def _plots(result: Any, rows: Sequence[dict[str, Any]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cim_gym.backbones.checkpoint import atomic_write
+    from cim_gym.files import atomic_write
 
     spec = result.config["sweep"]["spec"]
     sigmas, chips = spec["sigmas"], spec["chips"]
@@ -328,7 +328,7 @@ def _plots(result: Any, rows: Sequence[dict[str, Any]], out: Path) -> None:
 
 def write_report(result: Any) -> list[dict[str, Any]]:
     """Write results.csv, summary.md and the plots into the sweep's folder; returns every row (oracles included)."""
-    from cim_gym.backbones.checkpoint import atomic_write
+    from cim_gym.files import atomic_write
 
     rows = tidy_rows(result)
     extra, notes = oracle_rows(result, rows)

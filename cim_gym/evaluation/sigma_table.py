@@ -28,9 +28,9 @@ def sigma_table(names: Sequence[str], sigmas: Sequence[float], chips: int, image
                 progress: bool = True) -> str:
     """Run the sweep for the checkpoints ``names`` (any data sets), write ``out`` (CSV) and return the Markdown table."""
     from cim_gym.backbones import parse_name
-    from cim_gym.backbones.checkpoint import atomic_write
     from cim_gym.evaluation.methods import FixedDepth, FixedExit, Method
     from cim_gym.evaluation.sweep import Engine, SweepSpec
+    from cim_gym.files import atomic_write
 
     grid = sorted({float(s) for s in sigmas})
     by_dataset: dict[str, list[Method]] = {}

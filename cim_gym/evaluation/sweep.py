@@ -342,7 +342,7 @@ def folder_hash(folder: str | Path) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from cim_gym.backbones.checkpoint import atomic_write
+    from cim_gym.files import atomic_write
 
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n"))
 
