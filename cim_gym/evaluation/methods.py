@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -148,7 +149,7 @@ def choose_entropy_threshold(logits: torch.Tensor, labels: torch.Tensor, exit_ma
 
 
 @dataclass
-class Method:
+class Method(ABC):
     """Base of the methods: a name, a role, a family and the backbone ``(variant, depth)`` it runs on."""
 
     name: str
@@ -165,16 +166,17 @@ class Method:
     def backbone(self) -> tuple[str, int]:
         return (self.variant, int(self.depth))
 
+    @abstractmethod
     def env_id(self) -> str:
         """The environment whose action type executes this method."""
-        raise NotImplementedError
 
     def prepare(self, ctx: BackboneContext) -> None:
         """Tune on the validation split when the method needs it (never reads the test split). Idempotent."""
+        return None  # most methods need no tuning
 
+    @abstractmethod
     def actions(self, ctx: BackboneContext, image_ids: np.ndarray, chip_ids: np.ndarray) -> np.ndarray:
         """The batch of actions for these test images on these chips."""
-        raise NotImplementedError
 
     def decision_macs(self, ctx: BackboneContext) -> int:
         """Digital MACs per image spent deciding the path (feature encoder + policy network); 0 for fixed paths."""
