@@ -52,7 +52,6 @@ SHIPPED: dict[str, str] = {
 ``train`` runs. A shipped file trained by an older recipe is listed in :data:`OLDER_RECIPE` until it is retrained."""
 
 OLDER_RECIPE: dict[str, str] = {
-    "fashion-mnist-resnet20-blockdrop": f"{FASHION_2_EPOCHS} --depth 20 --variant blockdrop",
     "fashion-mnist-resnet32-blockdrop": f"{FASHION_2_EPOCHS} --depth 32 --variant blockdrop",
     "fashion-mnist-resnet56-blockdrop": f"{FASHION_2_EPOCHS} --depth 56 --variant blockdrop",
     "fashion-mnist-resnet32-multiexit": f"{FASHION_2_EPOCHS} --depth 32 --variant multiexit",
