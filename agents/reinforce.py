@@ -121,12 +121,6 @@ class ReinforceSettings:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ReinforceSettings:
-        data = dict(data)
-        net = data.pop("network", None) or {}
-        return cls(**data, network=NetworkSettings(**{**net, "channels": tuple(net.get("channels", (16, 32, 64)))}))
-
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
