@@ -2,6 +2,7 @@
 
     python evaluate.py --sigma-grid                         # digits, the default grid, 5 chips per sigma
     python evaluate.py --dataset fashion-mnist --sigma-grid 0 0.02 0.05 0.08 0.1 --chips 8 --workers 2
+    python evaluate.py --dataset cifar10 --data-root DATA --backbones BACKBONES --sigma-grid 0 0.05 0.1
 
 For each sigma of the grid and each of ``--chips`` chips (the same chip seeds for every method, from one ChipPool
 seed) every method runs on the same test images: the fixed block-drop models of every available depth (all blocks
@@ -70,6 +71,8 @@ def train_command(name: str, a: argparse.Namespace, sigmas: Sequence[float], ste
     cmd = ["python", "train_agent.py", *shlex.split(args.format(bd=a.blockdrop_depth, ex=a.exit_depth)),
            "--dataset", a.dataset, "--cim", a.cim, "--noise-source", a.noise_source, *sigma_args, "--seed", str(a.seed),
            "--out", str(runs_root(a.dataset, a.noise_source, a.cim) / name)]
+    for option, folder in (("--data-root", a.data_root), ("--backbones", a.backbones)):
+        cmd += [option, folder] if folder is not None else []
     return cmd + (["--steps", str(steps)] if steps else [])
 
 
@@ -137,6 +140,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python evaluate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits", help="data set (default digits)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="folder of the data set files (torchvision layout, e.g. DIR/cifar-10-batches-py; default "
+                        "$CIM_GYM_DATA or ~/.cache/cim-gym/data); nothing is downloaded")
+    p.add_argument("--backbones", default=None, metavar="DIR",
+                   help="folder of backbone checkpoints (the --out of python -m cim_gym.backbones.train), used instead "
+                        "of the shipped ones and the user cache; policies must have been trained on the same folder")
     p.add_argument("--sigma-grid", type=float, nargs="*", default=None, metavar="SIGMA",
                    help="the sigma grid, e.g. 0 0.02 0.05 0.1; without values (or without the option): the data set's "
                         "default grid, 0 to where the deepest fixed model has lost half its clean accuracy")
@@ -177,6 +186,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         value, lo = getattr(a, name), 1 if name in ("chips", "train_steps") else 0
         if value < lo:
             p.error(f"--{name.replace('_', '-')} {value} is not allowed: expected an integer >= {lo}")
+    for name in ("data_root", "backbones"):
+        if getattr(a, name) is not None:
+            folder = Path(getattr(a, name)).expanduser()
+            if not folder.is_dir():
+                p.error(f"--{name.replace('_', '-')} {getattr(a, name)} is not allowed: expected an existing folder")
+            setattr(a, name, str(folder.resolve()))  # absolute: recorded, and compared with the policies' folders
+    if a.backbones is not None:
+        from cim_gym.evaluation.grids import shipped_depths
+
+        if not shipped_depths(a.dataset, folder=a.backbones):
+            p.error(f"--backbones {a.backbones} is not allowed: it holds no block-drop backbone of {a.dataset} "
+                    f"(expected the --out of python -m cim_gym.backbones.train --dataset {a.dataset})")
     grid = a.sigma_grid or []
     if any(not math.isfinite(v) or v < 0 for v in grid) or grid != sorted(set(grid)):
         p.error(f"--sigma-grid {' '.join(f'{v:g}' for v in grid)} is not allowed: expected distinct increasing "
@@ -197,22 +218,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.measure_grid:
-        limit = measure_limit(a.dataset, a.noise_source, a.cim, a.chips, a.images, a.seed)
+        limit = measure_limit(a.dataset, a.noise_source, a.cim, a.chips, a.images, a.seed, data_root=a.data_root,
+                              backbones=a.backbones)
         print(f"limit {limit:g}: grid {' '.join(f'{s:g}' for s in grid_from_limit(limit))}")
         return 0
     sigmas = tuple(a.sigma_grid) if a.sigma_grid else default_grid(
-        a.dataset, a.noise_source, cim=a.cim, chips=a.chips, images=a.images, seed=a.seed)
+        a.dataset, a.noise_source, cim=a.cim, chips=a.chips, images=a.images, seed=a.seed, data_root=a.data_root,
+        backbones=a.backbones)
     if a.list_runs:
         for name in LEARNED:
             print(f"{runs_root(a.dataset, a.noise_source, a.cim) / name}: {shlex.join(train_command(name, a, sigmas))}")
         return 0
     spec = SweepSpec(dataset=a.dataset, sigmas=sigmas, noise_source=a.noise_source, cim=a.cim, chips=a.chips,
-                     images=a.images, seed=a.seed, calibration_images=a.calibration_images)
-    methods: list[Any] = [FixedDepth(depth=d) for d in (a.depths or shipped_depths(a.dataset))]
+                     images=a.images, seed=a.seed, calibration_images=a.calibration_images, data_root=a.data_root,
+                     backbones=a.backbones)
+    methods: list[Any] = [FixedDepth(depth=d) for d in (a.depths or shipped_depths(a.dataset, folder=a.backbones))]
     drops = a.mask_drops if a.mask_drops is not None else mask_drops(a.blockdrop_depth)
     methods += [StaticMask(depth=a.blockdrop_depth, drop_per_stage=k) for k in drops]
     skipped: list[str] = []
-    if a.exit_depth in shipped_depths(a.dataset, "multiexit"):
+    if a.exit_depth in shipped_depths(a.dataset, "multiexit", folder=a.backbones):
         methods += [EntropyExits(name=f"branchynet-lenient-resnet{a.exit_depth}", depth=a.exit_depth, target=a.lenient),
                     EntropyExits(name=f"branchynet-strict-resnet{a.exit_depth}", depth=a.exit_depth, target=a.strict)]
     else:

@@ -5,6 +5,7 @@
     python train_agent.py --algo reinforce --env CIMEarlyExit-v0 --dataset fashion-mnist
     python train_agent.py --algo ppo --env CIMExitThresholds-v0 --steps 200000
     python train_agent.py --algo reinforce --sigmas 0 --reward blockdrop --out runs/blockdrop-ideal   # BlockDrop
+    python train_agent.py --algo reinforce --dataset cifar10 --data-root DATA --backbones BACKBONES --depth 20
 
 The run folder (``--out``, default ``runs/<algo>-<env>-<dataset>-seed<seed>``) receives the policy
 (``policy.safetensors``), ``run.json`` (algorithm, environment id and settings, network, training arguments,
@@ -62,6 +63,14 @@ def _env_id(text: str) -> str:
                                      f"(or {sorted(ENV_IDS)})")
 
 
+def _folder(text: str) -> str:
+    """An existing folder, as an absolute path (recorded in run.json, so that evaluation finds it from anywhere)."""
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected an existing folder")
+    return str(path.resolve())
+
+
 def _cim(text: str) -> str | dict[str, Any]:
     if text.lstrip().startswith("{"):
         try:
@@ -84,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="environment id or short name (blockdrop, early-exit, exit-thresholds); default: "
                           "CIMBlockDrop-v0, CIMEarlyExit-v0 for dqn, CIMExitThresholds-v0 for sac")
     env.add_argument("--dataset", default="digits", help="data set of images and backbone (default digits)")
+    env.add_argument("--data-root", type=_folder, default=None, metavar="DIR",
+                     help="folder of the data set files (torchvision layout, e.g. DIR/cifar-10-batches-py; default "
+                          "$CIM_GYM_DATA or ~/.cache/cim-gym/data); nothing is downloaded")
+    env.add_argument("--backbones", type=_folder, default=None, metavar="DIR",
+                     help="folder of backbone checkpoints (the --out of python -m cim_gym.backbones.train), used "
+                          "instead of the shipped ones and the user cache")
     env.add_argument("--depth", type=_positive_int, default=None, help="backbone depth (default: the env's)")
     env.add_argument("--cim", type=_cim, default=None,
                      help="chip: a preset name or a JSON CIMConfig dict, e.g. '{\"preset\": \"neurosim\", \"adc_bits\": 6}' "
@@ -156,6 +171,10 @@ def env_kwargs_from(args: argparse.Namespace, env_id: str) -> dict[str, Any]:
                               **OBSERVE["none" if args.no_sigma else args.observe]}
     if not kwargs.get("observe_chip"):
         kwargs.pop("observe_chip", None)
+    if args.data_root is not None:
+        kwargs["data_root"] = args.data_root
+    if args.backbones is not None:
+        kwargs["backbone_kwargs"] = {"folder": args.backbones}
     optional = {"depth": args.depth, "cim": args.cim, "noise_source": args.noise_source, "obs_mode": args.obs_mode,
                 "num_sigmas": args.num_sigmas, "chips_per_sigma": args.chips_per_sigma, "device": args.env_device,
                 "sigmas": tuple(args.sigmas) if args.sigmas else None,
@@ -205,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from cim_gym.backbones import BackboneNotFoundError
+    from cim_gym.data import DatasetNotFoundError
+
     env_kwargs = env_kwargs_from(args, env_id)
     short = {v: k for k, v in ENV_IDS.items()}[env_id]
     out = args.out or Path("runs") / f"{args.algo}-{short}-{args.dataset}-seed{args.seed}"
@@ -217,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: checkpoint saved in {out} (continue with the same command and --resume)", file=sys.stderr)
         return 130
-    except ValueError as err:  # bad settings (EnvConfig, ReinforceSettings, run folder): a CLI error, not a traceback
+    except (ValueError, DatasetNotFoundError, BackboneNotFoundError) as err:
+        # bad settings (EnvConfig, ReinforceSettings, run folder), missing data or backbone: a CLI error, not a traceback
         p.error(str(err))
     if not args.no_report:
         report(args, env_id, trained, out)

@@ -63,7 +63,8 @@ class EnvConfig:
     split: str = "train"
     """Which split episodes draw images from: train, val or test (train policies on train, report on test)."""
     data_root: str | None = None
-    """Folder of the data set files (torchvision layout); None uses the default cache folder."""
+    """Folder of the data set files (torchvision layout); None uses the default cache folder. The environment
+    never downloads: a data set that is not there raises ``cim_gym.data.DatasetNotFoundError``."""
     cim: str | dict[str, Any] = "ideal"
     """The chip: a preset name (see ``cim_gym.hardware.PRESETS``; "ideal" = NeuroSim cells, ideal ADC), a
     ``CIMConfig`` dict, or ``{"preset": name, **overrides}``. Its noise std for the

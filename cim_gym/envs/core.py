@@ -82,7 +82,7 @@ class EnvCore:
         self.model = self.backbone.model.to(self.device).eval()
         self.cim = resolve_cim(config.cim)
         self._check_bits()
-        data = load_dataset(config.dataset, config.data_root)
+        data = load_dataset(config.dataset, config.data_root, download=False)  # an environment never downloads
         self.info = data.info
         split = data.split(config.split)
         self.images = split.images.to(self.device)

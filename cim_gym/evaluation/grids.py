@@ -9,7 +9,9 @@ data set or noise source not listed is measured on the fly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -38,12 +40,13 @@ accuracy is at most half its clean accuracy, on the ideal CIM preset; filled fro
 --measure-grid`` runs."""
 
 
-def shipped_depths(dataset: str, variant: str = "blockdrop") -> list[int]:
-    """Depths of the available backbones of a data set and variant, increasing."""
+def shipped_depths(dataset: str, variant: str = "blockdrop", folder: str | os.PathLike[str] | None = None) -> list[int]:
+    """Depths of the available backbones of a data set and variant, increasing: the shipped ones and the user cache,
+    or only those in ``folder`` when given (the ``--out`` of ``python -m cim_gym.backbones.train``)."""
     from cim_gym.backbones import list_backbones, parse_name
 
     depths = []
-    for name in list_backbones():
+    for name in list_backbones(None if folder is None else [Path(folder)]):
         d, depth, v = parse_name(name)
         if d == dataset and v == variant:
             depths.append(depth)
@@ -61,10 +64,12 @@ def grid_from_limit(limit: float, points: int = GRID_POINTS) -> tuple[float, ...
 
 def measure_limit(dataset: str, noise_source: str = "programming", cim: str | dict = "ideal", chips: int = 5,
                   images: int = 1000, seed: int = 0, step: float | None = None, max_sigma: float = 1.0,
-                  calibration_images: int = 256, log: Callable[[str], None] = print) -> float:
+                  calibration_images: int = 256, log: Callable[[str], None] = print, data_root: str | None = None,
+                  backbones: str | None = None) -> float:
     """The first sigma (a multiple of ``step``) at which the deepest shipped block-drop backbone's mean accuracy over
     ``chips`` chips is at most half its clean accuracy (coarse steps of ``COARSE x step`` first, then every step after
-    the last coarse point still above half).
+    the last coarse point still above half). ``data_root`` and ``backbones`` are :class:`SweepSpec`'s: the data
+    folder, and a folder of backbones to use instead of the shipped ones.
 
     :raises RuntimeError: not reached up to ``max_sigma``.
     """
@@ -72,12 +77,13 @@ def measure_limit(dataset: str, noise_source: str = "programming", cim: str | di
     from cim_gym.evaluation.sweep import Engine, SweepSpec
 
     step = step or (0.005 if noise_source == "output" else 0.01)
-    depths = shipped_depths(dataset)
+    depths = shipped_depths(dataset, folder=backbones)
     if not depths:
-        raise ValueError(f"dataset={dataset!r} has no block-drop backbone to measure a grid on")
+        where = f" in backbones={backbones!r}" if backbones is not None else ""
+        raise ValueError(f"dataset={dataset!r} has no block-drop backbone{where} to measure a grid on")
     sigmas = tuple(float(round(v, 6)) for v in np.arange(0.0, max_sigma + step / 2, step))
     spec = SweepSpec(dataset=dataset, sigmas=sigmas, noise_source=noise_source, cim=cim, chips=chips, images=images,
-                     seed=seed, calibration_images=calibration_images)
+                     seed=seed, calibration_images=calibration_images, data_root=data_root, backbones=backbones)
     method = FixedDepth(depth=depths[-1])
     engine = Engine(spec, [method])
 
@@ -106,9 +112,10 @@ def measure_limit(dataset: str, noise_source: str = "programming", cim: str | di
 
 def default_grid(dataset: str, noise_source: str = "programming", cim: str | dict = "ideal",
                  **measure_kwargs: object) -> tuple[float, ...]:
-    """The default grid of a data set, noise source and CIM config: the recorded limit (ideal preset only), or one
-    measured now (``measure_kwargs`` go to :func:`measure_limit`)."""
-    limit = MEASURED_LIMITS.get((dataset, noise_source)) if cim == "ideal" else None
+    """The default grid of a data set, noise source and CIM config: the recorded limit (ideal preset and shipped
+    backbones only), or one measured now (``measure_kwargs`` go to :func:`measure_limit`)."""
+    recorded = cim == "ideal" and measure_kwargs.get("backbones") is None
+    limit = MEASURED_LIMITS.get((dataset, noise_source)) if recorded else None
     if limit is None:
         limit = measure_limit(dataset, noise_source, cim, **measure_kwargs)  # type: ignore[arg-type]
     return grid_from_limit(limit)

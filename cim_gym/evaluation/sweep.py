@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -84,7 +85,10 @@ class SweepSpec:
     calibration_images: int = 256
     """Training images that calibrate output and ADC ranges (as ``EnvConfig.calibration_images``)."""
     data_root: str | None = None
-    """Folder of the data set files; None: the default cache."""
+    """Folder of the data set files; None: the default cache. Nothing is downloaded: the data must be there."""
+    backbones: str | None = None
+    """Folder of the backbone checkpoints (the ``--out`` of ``python -m cim_gym.backbones.train``), used instead of
+    the shipped ones and the user cache; None: those."""
     device: str = "cpu"
     """"cpu", "cuda" or "auto"."""
 
@@ -104,6 +108,14 @@ class SweepSpec:
             _fail("noise_source", self.noise_source, f"one of {NOISE_SOURCES}")
         if not isinstance(self.cim, (str, dict)):
             _fail("cim", self.cim, "a preset name or a CIMConfig dict")
+        for name in ("data_root", "backbones"):
+            if getattr(self, name) is not None:
+                if not isinstance(getattr(self, name), (str, os.PathLike)):
+                    _fail(name, getattr(self, name), "None or a folder path")
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        if self.backbones is not None and not Path(self.backbones).is_dir():
+            _fail("backbones", self.backbones, "None or an existing folder of backbone checkpoints (the --out of "
+                  "python -m cim_gym.backbones.train)")
         for name, lo in (("chips", 1), ("images", 0), ("seed", 0), ("image_seed", 0), ("calibration_images", 1)):
             if not _is_int(getattr(self, name), lo):
                 _fail(name, getattr(self, name), f"an integer >= {lo}")
@@ -114,6 +126,10 @@ class SweepSpec:
         d = dataclasses.asdict(self)
         d["sigmas"] = list(self.sigmas)
         return d
+
+    def backbone_kwargs(self) -> dict[str, Any]:
+        """``EnvConfig.backbone_kwargs`` of the sweep's environments: the backbone folder, if any."""
+        return {"folder": self.backbones} if self.backbones is not None else {}
 
     def cim_config(self) -> Any:
         from cim_gym.envs.core import resolve_cim
@@ -136,9 +152,15 @@ def image_subset(n_total: int, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(perm[:n].numpy())
 
 
+def _backbone_source(folder: str | None) -> str:
+    """Where backbones come from, for messages and comparisons: a resolved folder, or the registered ones."""
+    return repr(str(Path(folder).resolve())) if folder else "the registered ones (shipped, user cache)"
+
+
 def policy_config_problems(spec: SweepSpec, depth: int, env_config: Mapping[str, Any]) -> list[str]:
     """What differs between the environment a policy was trained on and this sweep (data set, backbone depth, noise
-    source, CIM config apart from the swept noise level, backbone arguments); empty when it may be evaluated here."""
+    source, CIM config apart from the swept noise level, backbone folder and recipe); empty when it may be evaluated
+    here."""
     from cim_gym.envs.core import resolve_cim
 
     problems = []
@@ -156,8 +178,12 @@ def policy_config_problems(spec: SweepSpec, depth: int, env_config: Mapping[str,
     probe = env_config.get("probe_images", PROBE_IMAGES)
     if env_config.get("observe_chip") and probe != PROBE_IMAGES:
         problems.append(f"probe_images {probe} (sweep: {PROBE_IMAGES}, the chip descriptor's probe batch)")
-    if env_config.get("backbone_kwargs"):
-        problems.append(f"backbone_kwargs {env_config['backbone_kwargs']!r} (sweep: the registered backbone)")
+    backbone_kwargs = dict(env_config.get("backbone_kwargs") or {})
+    theirs_folder, mine_folder = _backbone_source(backbone_kwargs.get("folder")), _backbone_source(spec.backbones)
+    if theirs_folder != mine_folder:
+        problems.append(f"backbones {theirs_folder} (sweep: {mine_folder})")
+    if backbone_kwargs.get("recipe", "standard") != "standard":
+        problems.append(f"backbone recipe {backbone_kwargs['recipe']!r} (sweep: 'standard')")
     return problems
 
 
@@ -180,7 +206,8 @@ class BackboneContext:
         config = EnvConfig(dataset=spec.dataset, depth=int(depth), split="test", data_root=spec.data_root, cim=spec.cim,
                            noise_source=spec.noise_source, sigmas=spec.sigmas, chips_per_sigma=spec.chips,
                            chip_seed=spec.seed, calibration_images=spec.calibration_images, device=spec.device,
-                           observe_chip=True, probe_images=PROBE_IMAGES)  # keeps the chip descriptor's probe batch
+                           observe_chip=True, probe_images=PROBE_IMAGES,  # keeps the chip descriptor's probe batch
+                           backbone_kwargs=spec.backbone_kwargs())
         self.core = EnvCore(config, variant, int(depth))
         self.pool = ChipPool(self.core.model, self.core.cim, spec.sigmas, spec.chips, spec.seed, self.core.calibration,
                              spec.noise_source, cache_size=1)
@@ -288,7 +315,7 @@ class Engine:
         if not methods or len(set(names)) != len(names):
             raise ValueError(f"methods={names!r} is not allowed: expected at least one method, names unique")
         self.spec, self.methods = spec, list(methods)
-        val = load_dataset(spec.dataset, spec.data_root).val
+        val = load_dataset(spec.dataset, spec.data_root, download=False).val
         self.contexts: dict[tuple[str, int], BackboneContext] = {}
         for m in self.methods:
             if m.backbone not in self.contexts:
