@@ -45,6 +45,10 @@ LEARNED: dict[str, tuple[str, str, str]] = {
                                                              "--no-sigma --entropy bernoulli"),
     "blockdrop-chip": ("chip-aware", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --observe chip"),
     "blockdrop-chip-sigma": ("chip-aware", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --observe both"),
+    "blockdrop-bernoulli-chip": ("chip-aware", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} "
+                                                        "--observe chip --entropy bernoulli"),
+    "blockdrop-bernoulli-chip-sigma": ("chip-aware", "noisy", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} "
+                                                              "--observe both --entropy bernoulli"),
     # The original BlockDrop: trained at sigma 0 with a low and a high final penalty.
     "blockdrop-ideal-lowpenalty": ("baseline", "ideal", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --penalty 2"),
     "blockdrop-ideal-highpenalty": ("baseline", "ideal", "--algo reinforce --env CIMBlockDrop-v0 --depth {bd} --penalty 10"),
@@ -55,6 +59,50 @@ LEARNED: dict[str, tuple[str, str, str]] = {
 }
 """The standard learned methods: run folder name -> (role, "noisy" | "ideal", train_agent.py arguments)."""
 
+COMPARISONS: dict[str, tuple[str, str]] = {
+    "blockdrop-sigma": ("blockdrop-nosigma", "sigma"),
+    "blockdrop-bernoulli-sigma": ("blockdrop-bernoulli-nosigma", "sigma"),
+    "exit-sigma": ("exit-nosigma", "sigma"),
+    "thresholds-sigma": ("thresholds-nosigma", "sigma"),
+    "blockdrop-chip": ("blockdrop-nosigma", "the chip"),
+    "blockdrop-chip-sigma": ("blockdrop-sigma", "the chip on top of sigma"),
+    "blockdrop-bernoulli-chip": ("blockdrop-bernoulli-nosigma", "the chip"),
+    "blockdrop-bernoulli-chip-sigma": ("blockdrop-bernoulli-sigma", "the chip on top of sigma"),
+}
+"""What observing buys: standard run -> (its twin that observes less, what the run observes on top), compared at
+equal training settings on the same chips (the same training seed when both have several)."""
+
+SEEDED_ROLES = ("noise-aware", "sigma-hidden")
+"""Roles whose standard runs are trained with every ``--run-seeds`` seed (the others with the first)."""
+
+
+def run_name(name: str, seed: int) -> str:
+    """The run folder name of standard run ``name`` trained with ``seed`` (seed 0: the name itself)."""
+    return name if seed == 0 else f"{name}-seed{seed}"
+
+
+def standard_runs(a: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """(run folder name, standard run name, training seed) of every standard run this evaluation looks for."""
+    return [(run_name(name, seed), name, seed) for name, (role, _kind, _args) in LEARNED.items()
+            if a.runs is None or name in a.runs
+            for seed in (a.run_seeds if role in SEEDED_ROLES else a.run_seeds[:1])]
+
+
+def comparisons(names: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(method, its less-observing twin, what the method observes on top) for the run folders in ``names``."""
+    from cim_gym.evaluation.report import split_seed
+
+    present, pairs = set(names), []
+    for folder, name, seed in ((n, *split_seed(n)) for n in names):
+        if name in COMPARISONS:
+            twin = run_name(COMPARISONS[name][0], seed)
+            if twin not in present and seed:  # a seed-0-only twin (e.g. a chip-aware run has one seed)
+                twin = COMPARISONS[name][0]
+            if twin in present:
+                pairs.append((folder, twin, COMPARISONS[name][1]))
+    return pairs
+
+
 
 def runs_root(dataset: str, noise_source: str, cim: str) -> Path:
     """Folder of the standard run folders: ``runs/<dataset>`` for programming variation on the ideal preset, else
@@ -64,13 +112,14 @@ def runs_root(dataset: str, noise_source: str, cim: str) -> Path:
     return Path("runs") / f"{dataset}-{noise_source}-{cim}"
 
 
-def train_command(name: str, a: argparse.Namespace, sigmas: Sequence[float], steps: int | None = None) -> list[str]:
-    """The ``train_agent.py`` command line that makes the standard run folder ``name``."""
+def train_command(name: str, a: argparse.Namespace, sigmas: Sequence[float], steps: int | None = None,
+                  seed: int = 0) -> list[str]:
+    """The ``train_agent.py`` command line that makes the standard run ``name`` with training seed ``seed``."""
     _role, kind, args = LEARNED[name]
     sigma_args = ["--sigmas", "0"] if kind == "ideal" else ["--sigma-range", f"{min(sigmas):g}", f"{max(sigmas):g}"]
     cmd = ["python", "train_agent.py", *shlex.split(args.format(bd=a.blockdrop_depth, ex=a.exit_depth)),
-           "--dataset", a.dataset, "--cim", a.cim, "--noise-source", a.noise_source, *sigma_args, "--seed", str(a.seed),
-           "--out", str(runs_root(a.dataset, a.noise_source, a.cim) / name)]
+           "--dataset", a.dataset, "--cim", a.cim, "--noise-source", a.noise_source, *sigma_args, "--seed", str(seed),
+           "--out", str(runs_root(a.dataset, a.noise_source, a.cim) / run_name(name, seed))]
     for option, folder in (("--data-root", a.data_root), ("--backbones", a.backbones)):
         cmd += [option, folder] if folder is not None else []
     return cmd + (["--steps", str(steps)] if steps else [])
@@ -93,28 +142,29 @@ def load_policies(a: argparse.Namespace, sigmas: Sequence[float], spec: Any) -> 
     from cim_gym.evaluation.methods import action_type_of
     from cim_gym.evaluation.sweep import policy_config_problems
 
-    wanted: list[tuple[str, Path, str | None]] = []
+    wanted: list[tuple[str, Path, str | None, list[str]]] = []
     if not a.no_standard_runs:
         root = runs_root(a.dataset, a.noise_source, a.cim)
-        for name, (role, _kind, _args) in LEARNED.items():
-            folder = root / name
+        for folder_name, name, seed in standard_runs(a):
+            folder, cmd = root / folder_name, train_command(name, a, sigmas, seed=seed)
             if not folder.is_dir() and a.train_missing:
-                cmd = train_command(name, a, sigmas, a.train_steps) + ["--no-report"]
-                print(f"training missing {name} with a small budget ({a.train_steps} steps): {shlex.join(cmd)}", flush=True)
+                cmd = train_command(name, a, sigmas, a.train_steps, seed) + ["--no-report"]
+                print(f"training missing {folder_name} with a small budget ({a.train_steps} steps): {shlex.join(cmd)}",
+                      flush=True)
                 subprocess.run([sys.executable, str(Path(__file__).resolve().parent / cmd[1]), *cmd[2:]], check=True)
-            wanted.append((name, folder, role))
-    wanted += [(Path(p).name, Path(p), None) for p in a.policies]
+            wanted.append((folder_name, folder, LEARNED[name][0], cmd))
+    wanted += [(Path(p).name, Path(p), None, []) for p in a.policies]
     methods, skipped = [], []
     try:
         from agents import RunFolderError, load_policy
     except ImportError as exc:
         load_policy, RunFolderError = None, OSError
         reason = f"agents.load_policy is not available ({exc})"
-    for name, folder, role in wanted:
+    for name, folder, role, cmd in wanted:
         if not folder.is_dir():
             line = f"{name}: no run folder {folder}"
-            if role is not None:
-                line += f"; make it with: {shlex.join(train_command(name, a, sigmas))}"
+            if cmd:
+                line += f"; make it with: {shlex.join(cmd)}"
             skipped.append(line)
             continue
         if load_policy is None:
@@ -126,13 +176,14 @@ def load_policies(a: argparse.Namespace, sigmas: Sequence[float], spec: Any) -> 
             skipped.append(f"{name}: {folder} cannot be loaded ({exc})")
             continue
         depth = policy.env_config.get("depth") or action_type_of(policy.env_id).default_depth
-        problems = policy_config_problems(spec, depth, policy.env_config)
+        sha = policy.meta.get("backbone_sha256")
+        problems = policy_config_problems(spec, depth, policy.env_config, sha, action_type_of(policy.env_id).variant)
         if problems:
             skipped.append(f"{name}: trained on another setting ({'; '.join(problems)})")
             continue
         methods.append(PolicyMethod.from_env(
             name, lambda obs, p=policy: p.act(obs, deterministic=True), policy.env_id, policy.env_config,
-            policy.decision_macs, role=role, run_dir=str(folder), run_hash=folder_hash(folder)))
+            policy.decision_macs, role=role, run_dir=str(folder), run_hash=folder_hash(folder), backbone_sha256=sha))
     return methods, skipped
 
 
@@ -170,10 +221,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="BranchyNet strict setting: share of validation images leaving early (default 0.3)")
     p.add_argument("--policies", nargs="*", default=[], metavar="DIR", help="more learned policies: run folders")
     p.add_argument("--no-standard-runs", action="store_true", help="do not look for the standard run folders")
+    p.add_argument("--runs", nargs="+", default=None, metavar="NAME",
+                   help="only these standard runs (default: all of --list-runs)")
     p.add_argument("--list-runs", action="store_true", help="print the standard run folders and their commands, exit")
     p.add_argument("--train-missing", action="store_true",
                    help="train a missing standard run folder first (train_agent.py with --train-steps)")
     p.add_argument("--train-steps", type=int, default=20000, help="training budget of --train-missing (default 20000)")
+    p.add_argument("--run-seeds", type=int, nargs="+", default=[0], metavar="SEED",
+                   help="training seeds of the standard noise-aware and sigma-hidden runs (default 0; seed k > 0 is "
+                        "the run folder <name>-seed<k>); the other standard runs use the first")
     p.add_argument("--workers", type=int, default=0, help="run the cells on N Ray workers (default 0: serially here)")
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local one)")
     p.add_argument("--measure-grid", action="store_true",
@@ -186,6 +242,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         value, lo = getattr(a, name), 1 if name in ("chips", "train_steps") else 0
         if value < lo:
             p.error(f"--{name.replace('_', '-')} {value} is not allowed: expected an integer >= {lo}")
+    unknown = sorted(set(a.runs or ()) - set(LEARNED))
+    if unknown:
+        p.error(f"--runs {' '.join(unknown)} is not allowed: expected standard run names, from {', '.join(LEARNED)}")
+    if any(v < 0 for v in a.run_seeds) or len(set(a.run_seeds)) != len(a.run_seeds):
+        p.error(f"--run-seeds {' '.join(map(str, a.run_seeds))} is not allowed: expected distinct integers >= 0")
     for name in ("data_root", "backbones"):
         if getattr(a, name) is not None:
             folder = Path(getattr(a, name)).expanduser()
@@ -226,8 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         a.dataset, a.noise_source, cim=a.cim, chips=a.chips, images=a.images, seed=a.seed, data_root=a.data_root,
         backbones=a.backbones)
     if a.list_runs:
-        for name in LEARNED:
-            print(f"{runs_root(a.dataset, a.noise_source, a.cim) / name}: {shlex.join(train_command(name, a, sigmas))}")
+        for folder_name, name, seed in standard_runs(a):
+            print(f"{runs_root(a.dataset, a.noise_source, a.cim) / folder_name}: "
+                  f"{shlex.join(train_command(name, a, sigmas, seed=seed))}")
         return 0
     spec = SweepSpec(dataset=a.dataset, sigmas=sigmas, noise_source=a.noise_source, cim=a.cim, chips=a.chips,
                      images=a.images, seed=a.seed, calibration_images=a.calibration_images, data_root=a.data_root,
@@ -251,10 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{' '.join(f'{s:g}' for s in sigmas)}, {a.chips} chips per sigma, into {out}", flush=True)
     result = run_sweep(spec, methods, out, workers=a.workers, ray_address=a.ray_address,
                        command=shlex.join(["python", "evaluate.py", *(sys.argv[1:] if argv is None else argv)]),
-                       skipped=skipped, progress=not a.no_progress)
+                       skipped=skipped, progress=not a.no_progress,
+                       comparisons=comparisons([m.name for m in learned]))
     resumed = len(result.cells) - result.ran
+    note = f" ({resumed} of {len(result.cells)} cells resumed from the folder)" if resumed else ""
     print(f"wrote {out}/: summary.md, results.csv, config.json, accuracy_vs_sigma.png, compute_vs_sigma.png, "
-          f"pareto.png" + (f" ({resumed} of {len(result.cells)} cells resumed from the folder)" if resumed else ""))
+          f"pareto.png, path_vs_sigma.png{note}")
     return 0
 
 

@@ -257,6 +257,7 @@ def run_reinforce(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, A
     trainer = ReinforceTrainer(env_id, env_kwargs, settings)
     meta = {
         "algo": "reinforce", "env_id": env_id, "env_config": trainer.env_config, "env_kwargs": env_kwargs,
+        "backbone_sha256": trainer.backbone_sha256,
         "observation_space": space_to_json(trainer.observation_space), "action_space": space_to_json(trainer.action_space),
         "network": {"class": "PolicyNetwork", "settings": settings.network.to_dict(), "alpha": settings.alpha,
                     "entropy": settings.entropy},
@@ -289,6 +290,7 @@ def run_sb3(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, Any], o
                 "device": args.device}
     meta = {
         "algo": args.algo, "env_id": env_id, "env_config": probe.config.to_dict(), "env_kwargs": env_kwargs,  # type: ignore[attr-defined]
+        "backbone_sha256": getattr(probe, "backbone_sha256", None),
         "observation_space": space_to_json(probe.single_observation_space),
         "action_space": space_to_json(probe.single_action_space),
         "network": None, "settings": settings, "package_version": cim_gym.__version__, "seed": args.seed,

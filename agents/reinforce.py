@@ -198,6 +198,7 @@ class ReinforceTrainer:
         self.action_space = probe.single_action_space
         config = getattr(probe.unwrapped, "config", None)  # the cim-gym environments' EnvConfig, all settings resolved
         self.env_config: dict[str, Any] = config.to_dict() if config is not None else dict(self.env_kwargs)
+        self.backbone_sha256: str | None = getattr(probe.unwrapped, "backbone_sha256", None)
         probe.close()
         self.net = PolicyNetwork(self.observation_space, self.action_space, settings.network).to(self.device)
         self.head: Head = make_head(self.action_space, settings.alpha, settings.entropy)

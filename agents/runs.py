@@ -91,6 +91,9 @@ class RunFolder:
                 if old.get(key) != json.loads(json.dumps(meta.get(key))):  # as JSON: tuples are lists there
                     raise RunFolderError(f"--resume: the run in {path} was started with other {key} "
                                          f"({old.get(key)!r}); resume it with the same arguments")
+            if old.get("backbone_sha256") not in (None, meta.get("backbone_sha256")):
+                raise RunFolderError(f"--resume: the run in {path} was started on another backbone checkpoint "
+                                     f"(sha256 {old['backbone_sha256']}); it was retrained since: start a new run")
             run = cls(path, {**old, **{k: v for k, v in meta.items() if k not in ("status", "progress")}})
             run.previous_wall_s = float(old.get("wall_time_s", 0.0))
             return run

@@ -127,3 +127,23 @@ def test_every_standard_train_command_is_valid_for_train_agent() -> None:
         assert ("sigmas" in kwargs) is ("ideal" in name) and ("sigma_range" in kwargs) is ("ideal" not in name)
         if args.algo == "reinforce":
             train_agent.reinforce_settings(args)
+
+
+def test_run_seeds_name_their_folders_and_pair_each_policy_with_its_twin(capsys: pytest.CaptureFixture) -> None:
+    a = evaluate.parse_args(["--dataset", "fashion-mnist", "--run-seeds", "0", "1",
+                             "--runs", "blockdrop-bernoulli-sigma", "blockdrop-bernoulli-nosigma",
+                             "blockdrop-bernoulli-chip-sigma"])
+    runs = evaluate.standard_runs(a)
+    assert [r[0] for r in runs] == ["blockdrop-bernoulli-sigma", "blockdrop-bernoulli-sigma-seed1",
+                                    "blockdrop-bernoulli-nosigma", "blockdrop-bernoulli-nosigma-seed1",
+                                    "blockdrop-bernoulli-chip-sigma"]  # chip-aware: the first seed only
+    cmd = evaluate.train_command("blockdrop-bernoulli-sigma", a, (0.0, 0.1), seed=1)
+    assert cmd[cmd.index("--seed") + 1] == "1" and cmd[-1] == "runs/fashion-mnist/blockdrop-bernoulli-sigma-seed1"
+    pairs = evaluate.comparisons([r[0] for r in runs] + ["fixed-resnet8"])
+    assert pairs == [("blockdrop-bernoulli-sigma", "blockdrop-bernoulli-nosigma", "sigma"),
+                     ("blockdrop-bernoulli-sigma-seed1", "blockdrop-bernoulli-nosigma-seed1", "sigma"),
+                     ("blockdrop-bernoulli-chip-sigma", "blockdrop-bernoulli-sigma", "the chip on top of sigma")]
+    for bad in (["--runs", "blockdrop"], ["--run-seeds", "0", "0"], ["--run-seeds", "-1"]):
+        with pytest.raises(SystemExit):
+            evaluate.parse_args(bad)
+        assert bad[0] in capsys.readouterr().err

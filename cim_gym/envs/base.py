@@ -157,7 +157,24 @@ def decision_of(act: Any, out: Outcome, row: int, action: np.ndarray) -> Decisio
     )
 
 
-class CIMEnv(gym.Env[dict[str, np.ndarray], Any]):
+class _CoreFacts:
+    """What the single and the vector environments tell about their shared :class:`EnvCore`."""
+
+    core: EnvCore
+
+    @property
+    def num_images(self) -> int:
+        """Images in the configured split: the ``image`` reset option takes 0 to ``num_images - 1``."""
+        return len(self.core.labels)
+
+    @property
+    def backbone_sha256(self) -> str | None:
+        """Content hash of the backbone checkpoint: a policy's run folder records it, so that a policy is never
+        evaluated on a backbone retrained since."""
+        return self.core.backbone.meta.get("sha256")
+
+
+class CIMEnv(_CoreFacts, gym.Env[dict[str, np.ndarray], Any]):
     """Base of the single environments; subclasses set ``action_type`` and ``env_id`` and document themselves.
 
     :param render_mode: None (nothing is ever drawn), "rgb_array" (``render()`` returns the current episode as an
@@ -183,11 +200,6 @@ class CIMEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._obs: dict[str, np.ndarray] | None = None
         self._renderer: EpisodeRenderer | None = None
         self._shown: tuple[int, int, Decision | None] | None = None
-
-    @property
-    def num_images(self) -> int:
-        """Images in the configured split: the ``image`` reset option takes 0 to ``num_images - 1``."""
-        return len(self.core.labels)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -278,7 +290,7 @@ def vector_info(num_envs: int, parts: list[tuple[np.ndarray, dict[str, np.ndarra
     return info
 
 
-class CIMVectorEnv(VectorEnv[dict[str, np.ndarray], Any, np.ndarray]):
+class CIMVectorEnv(_CoreFacts, VectorEnv[dict[str, np.ndarray], Any, np.ndarray]):
     """Native batched version: N episodes per step in one forward per distinct chip.
 
     :param num_envs: episodes per step (N >= 1).
@@ -322,11 +334,6 @@ class CIMVectorEnv(VectorEnv[dict[str, np.ndarray], Any, np.ndarray]):
         self._ended = np.zeros(self.num_envs, dtype=bool)
         self._decisions: list[Decision | None] = [None] * self.num_envs
         self._renderer: EpisodeRenderer | None = None
-
-    @property
-    def num_images(self) -> int:
-        """Images in the configured split: the ``image`` reset option takes 0 to ``num_images - 1``."""
-        return len(self.core.labels)
 
     def _start(self, rows: np.ndarray, options: dict[str, Any] | None) -> None:
         """Draw new episodes for ``rows`` (a bool mask) and observe them."""

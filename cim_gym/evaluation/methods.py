@@ -328,6 +328,8 @@ class PolicyMethod(Method):
     :param env_config: its ``EnvConfig.to_dict()``; data set, backbone, CIM config and noise source must match the
         sweep's (checked in :meth:`prepare`), ``obs_mode`` and ``observe_sigma`` shape the observation.
     :param policy_macs: MACs of the policy network per decision (digital); the feature encoder is added.
+    :param backbone_sha256: the backbone checkpoint the policy was trained on (its run.json), when recorded: a
+        backbone retrained since is refused in :meth:`prepare`.
     """
 
     name: str = ""
@@ -341,10 +343,12 @@ class PolicyMethod(Method):
     policy_macs: int = 0
     run_dir: str | None = None
     run_hash: str | None = None
+    backbone_sha256: str | None = None
 
     @classmethod
     def from_env(cls, name: str, policy: Policy, env_id: str, env_config: Mapping[str, Any], policy_macs: int,
-                 role: str | None = None, run_dir: str | None = None, run_hash: str | None = None) -> PolicyMethod:
+                 role: str | None = None, run_dir: str | None = None, run_hash: str | None = None,
+                 backbone_sha256: str | None = None) -> PolicyMethod:
         """Backbone and role from the environment: (variant, depth) of its action type and config; role
         "chip-aware" when the chip descriptor is observed, "noise-aware" when sigma is, else "sigma-hidden" (unless
         given)."""
@@ -356,13 +360,13 @@ class PolicyMethod(Method):
         role = role or ("chip-aware" if config.observe_chip else "noise-aware" if config.observe_sigma else "sigma-hidden")
         return cls(name=name, role=role, family="policy", variant=action_type.variant, depth=int(depth),
                    policy=policy, env=env_id, env_config=config.to_dict(), policy_macs=int(policy_macs),
-                   run_dir=run_dir, run_hash=run_hash)
+                   run_dir=run_dir, run_hash=run_hash, backbone_sha256=backbone_sha256)
 
     def env_id(self) -> str:
         return self.env
 
     def prepare(self, ctx: BackboneContext) -> None:
-        ctx.check_policy_config(self.name, self.env_config)
+        ctx.check_policy_config(self.name, self.env_config, self.backbone_sha256)
 
     def actions(self, ctx: BackboneContext, image_ids: np.ndarray, chip_ids: np.ndarray) -> np.ndarray:
         if self.policy is None:

@@ -5,9 +5,11 @@
   fingerprint. Oracle rows (role "oracle") name the method they picked in ``choice``.
 - ``summary.md``: per method and sigma the mean and 95 % interval over chips; per method the grid mean and the
   worst sigma; compute; paired differences (per chip) of every noise-aware, sigma-hidden and oracle method
-  against every baseline; where the noise-aware methods do not win.
+  against every baseline; what observing sigma or the chip buys (each policy against its less-observing twin, per
+  chip and across training seeds); each policy's distance to each oracle; where the noise-aware methods do not win.
 - ``accuracy_vs_sigma.png`` (bands: 95 % intervals over chips), ``compute_vs_sigma.png``, ``pareto.png`` (per
-  sigma, accuracy against total MACs, the Pareto front drawn).
+  sigma, accuracy against total MACs, the Pareto front drawn), ``path_vs_sigma.png`` (blocks run or exit taken by
+  each dynamic method per sigma).
 
 Oracles pick among the methods' results on the test chips, so they are upper bounds, not methods: the best fixed
 depth per sigma and the best static path (fixed depth or static mask) per sigma (what knowing sigma alone buys),
@@ -30,7 +32,7 @@ import numpy as np
 
 from cim_gym.evaluation.stats import Interval, mean_interval, paired_interval
 
-__all__ = ["FIELDS", "oracle_rows", "read_csv", "summary_markdown", "tidy_rows", "write_report"]
+__all__ = ["FIELDS", "oracle_rows", "read_csv", "split_seed", "summary_markdown", "tidy_rows", "write_report"]
 
 FIELDS = ["method", "role", "family", "backbone", "sigma", "sigma_index", "chip", "chip_seed", "chip_fingerprint",
           "accuracy", "n_images", "blocks", "exit", "usage", "backbone_macs", "decision_macs", "total_macs",
@@ -228,6 +230,8 @@ def summary_markdown(result: Any, rows: Sequence[dict[str, Any]], notes: Sequenc
         for b in baselines:
             per = " | ".join(acc.paired(m, b, s).format() for s in range(len(sigmas)))
             lines.append(f"| {m} | {b} | {acc.paired(m, b).format()} | {per} |")
+    lines += _observing_lines(cfg.get("comparisons", []), acc, macs, sigmas, head)
+    lines += _oracle_distance_lines(methods, role, acc, sigmas, head)
     lines += ["", "## Where the noise-aware methods do not win", ""]
     aware = [m for m in methods if role[m] == "noise-aware"]
     if not aware:
@@ -253,6 +257,62 @@ def summary_markdown(result: Any, rows: Sequence[dict[str, Any]], notes: Sequenc
     if notes or cfg.get("skipped"):
         lines += ["", "## Left out", ""] + [f"- {n}" for n in [*notes, *cfg.get("skipped", [])]]
     return "\n".join(lines) + "\n"
+
+
+def split_seed(method: str) -> tuple[str, int]:
+    """(method name without its training seed, the seed) for run folders named ``<name>-seed<k>`` (else seed 0)."""
+    base, _, seed = method.rpartition("-seed")
+    return (base, int(seed)) if base and seed.isdigit() else (method, 0)
+
+
+def _observing_lines(pairs: Sequence[Sequence[str]], acc: _Table, macs: _Table, sigmas: Sequence[float],
+                     head: str) -> list[str]:
+    """What observing sigma (or the chip) buys: each method minus its less-observing twin, per chip, then the
+    same difference per training seed, so that a gain can be held against the seed-to-seed spread."""
+    if not pairs:
+        return []
+    cols = " | ".join("---" for _ in sigmas)
+    lines = ["", "## What observing sigma or the chip buys (points), per chip, mean ± 95 % interval", "",
+             "Each row: a policy minus its twin trained identically but observing less, on the same chips and "
+             "images; the MACs column is the difference in total MACs per image (grid mean).", "",
+             f"| method | minus | observes on top | grid mean | {head} | Δ total MACs |",
+             f"| --- | --- | --- | --- | {cols} | --- |"]
+    seeds: dict[tuple[str, str, str], dict[int, Interval]] = defaultdict(dict)
+    for m, twin, what in pairs:
+        per = " | ".join(acc.paired(m, twin, s).format() for s in range(len(sigmas)))
+        dmacs = float(np.nanmean(macs.values[m]) - np.nanmean(macs.values[twin]))
+        lines.append(f"| {m} | {twin} | {what} | {acc.paired(m, twin).format()} | {per} | {dmacs:+,.0f} |")
+        (base, seed), (twin_base, _) = split_seed(m), split_seed(twin)
+        seeds[(base, twin_base, what)][seed] = acc.paired(m, twin)
+    multi = {k: v for k, v in seeds.items() if len(v) > 1}
+    if multi:
+        lines += ["", "### The same across training seeds", "",
+                  "Grid-mean paired difference per training seed; the spread between seeds is what a difference must "
+                  "exceed before it says more than which seed was drawn.", "",
+                  "| method | minus | per seed | mean over seeds | seed spread (max - min) |",
+                  "| --- | --- | --- | --- | --- |"]
+        for (base, twin_base, _what), by_seed in multi.items():
+            means = [iv.mean for iv in by_seed.values()]
+            per_seed = ", ".join(f"seed {k}: {iv.format()}" for k, iv in sorted(by_seed.items()))
+            lines.append(f"| {base} | {twin_base} | {per_seed} | {np.mean(means):+.1f} | {max(means) - min(means):.1f} |")
+    return lines
+
+
+def _oracle_distance_lines(methods: Sequence[str], role: dict[str, str], acc: _Table, sigmas: Sequence[float],
+                           head: str) -> list[str]:
+    """How far each learned policy stays below each oracle, per chip."""
+    learned = [m for m in methods if role[m] in ("noise-aware", "sigma-hidden", "chip-aware")]
+    oracles = [m for m in methods if role[m] == "oracle"]
+    if not learned or not oracles:
+        return []
+    lines = ["", "## Distance to the oracles (points), per chip, mean ± 95 % interval", "",
+             "Each row: the policy minus the oracle on the same chips (negative: below the oracle).", "",
+             f"| method | oracle | grid mean | {head} |", "| --- | --- | --- | " + " | ".join("---" for _ in sigmas) + " |"]
+    for m in learned:
+        for o in oracles:
+            per = " | ".join(acc.paired(m, o, s).format() for s in range(len(sigmas)))
+            lines.append(f"| {m} | {o} | {acc.paired(m, o).format()} | {per} |")
+    return lines
 
 
 def _plots(result: Any, rows: Sequence[dict[str, Any]], out: Path) -> None:
@@ -296,6 +356,7 @@ def _plots(result: Any, rows: Sequence[dict[str, Any]], out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         save(fig, name)
+    _path_plot(methods, family, rows, sigmas, style, title, save)
     cols = min(4, len(sigmas))
     nrows = math.ceil(len(sigmas) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.2 * nrows), squeeze=False)
@@ -324,6 +385,29 @@ def _plots(result: Any, rows: Sequence[dict[str, Any]], out: Path) -> None:
     fig.suptitle(f"{title}: accuracy vs compute per sigma (line: Pareto front of the non-oracle methods)", fontsize=10)
     fig.tight_layout()
     save(fig, "pareto.png")
+
+
+def _path_plot(methods: Sequence[str], family: dict[str, str], rows: Sequence[dict[str, Any]],
+               sigmas: Sequence[float], style: dict[str, dict[str, Any]], title: str, save: Any) -> None:
+    """path_vs_sigma.png: blocks run (block-drop policies) and exit taken (exit policies, BranchyNet) per sigma."""
+    import matplotlib.pyplot as plt
+
+    dynamic = [m for m in methods if family[m] in ("policy", "entropy-exit")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "blocks", "residual blocks run (mean)"), (axes[1], "exit", "exit taken (mean, from 0)")):
+        for m in dynamic:
+            per = [[r[key] for r in rows if r["method"] == m and r["sigma_index"] == s and r[key] is not None]
+                   for s in range(len(sigmas))]
+            if all(per):
+                ax.plot(sigmas, [float(np.mean(v)) for v in per], label=m, markersize=3, **style[m])
+        ax.set_xlabel("sigma")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: the path each dynamic method takes", fontsize=10)
+    fig.tight_layout()
+    save(fig, "path_vs_sigma.png")
 
 
 def write_report(result: Any) -> list[dict[str, Any]]:

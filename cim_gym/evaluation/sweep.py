@@ -157,10 +157,11 @@ def _backbone_source(folder: str | None) -> str:
     return repr(str(Path(folder).resolve())) if folder else "the registered ones (shipped, user cache)"
 
 
-def policy_config_problems(spec: SweepSpec, depth: int, env_config: Mapping[str, Any]) -> list[str]:
+def policy_config_problems(spec: SweepSpec, depth: int, env_config: Mapping[str, Any],
+                           backbone_sha256: str | None = None, variant: str = "blockdrop") -> list[str]:
     """What differs between the environment a policy was trained on and this sweep (data set, backbone depth, noise
-    source, CIM config apart from the swept noise level, backbone folder and recipe); empty when it may be evaluated
-    here."""
+    source, CIM config apart from the swept noise level, backbone folder and recipe, and, when the policy recorded
+    it, the backbone checkpoint's content hash); empty when it may be evaluated here."""
     from cim_gym.envs.core import resolve_cim
 
     problems = []
@@ -184,7 +185,24 @@ def policy_config_problems(spec: SweepSpec, depth: int, env_config: Mapping[str,
         problems.append(f"backbones {theirs_folder} (sweep: {mine_folder})")
     if backbone_kwargs.get("recipe", "standard") != "standard":
         problems.append(f"backbone recipe {backbone_kwargs['recipe']!r} (sweep: 'standard')")
+    if backbone_sha256 is not None and not problems:
+        mine_sha = _checkpoint_sha256(spec, int(depth), variant)
+        if mine_sha is not None and mine_sha != backbone_sha256:
+            problems.append(f"backbone checkpoint sha256 {backbone_sha256[:12]}… (sweep: {mine_sha[:12]}…): the "
+                            "backbone was retrained after the policy; retrain the policy")
     return problems
+
+
+def _checkpoint_sha256(spec: SweepSpec, depth: int, variant: str) -> str | None:
+    """The content hash recorded in the sidecar of the backbone this sweep loads (None if there is none)."""
+    from cim_gym.backbones.checkpoint import backbone_name, find_checkpoint
+
+    folders = None if spec.backbones is None else [Path(spec.backbones)]
+    try:
+        sidecar = find_checkpoint(backbone_name(spec.dataset, depth, variant), folders)
+        return json.loads(sidecar.read_text()).get("sha256")
+    except (OSError, ValueError):
+        return None
 
 
 class BackboneContext:
@@ -248,10 +266,10 @@ class BackboneContext:
             self._encoder_macs = int(PathCosts(self.core).of(["stem.", *(f"blocks.{t}." for t in range(first))])[0])
         return self._encoder_macs
 
-    def check_policy_config(self, name: str, env_config: Mapping[str, Any]) -> None:
-        """A policy is evaluated on this sweep only if it was trained on the same data set, backbone, CIM config and
-        noise source; a ValueError says what differs."""
-        problems = policy_config_problems(self.spec, self.depth, env_config)
+    def check_policy_config(self, name: str, env_config: Mapping[str, Any], backbone_sha256: str | None = None) -> None:
+        """A policy is evaluated on this sweep only if it was trained on the same data set, backbone (checkpoint),
+        CIM config and noise source; a ValueError says what differs."""
+        problems = policy_config_problems(self.spec, self.depth, env_config, backbone_sha256, self.variant)
         if problems:
             raise ValueError(f"policy {name!r} was trained on another setting than this sweep: " + "; ".join(problems))
 
@@ -420,6 +438,7 @@ def _open_folder(out: Path, config: dict[str, Any]) -> None:
         if differs:
             raise SweepMismatchError(f"{out} holds another sweep (differing in {differs[:8]}): refused, results are never "
                                      "mixed. Choose another --out, or delete that folder.")
+        _write_json(cfg_path, config)  # the same sweep: the latest command, skipped methods and comparisons
         return
     if out.exists() and any(out.iterdir()):
         raise SweepMismatchError(f"{out} exists and is not an evaluation folder (no config.json): refused. "
@@ -474,7 +493,8 @@ class SweepResult:
 
 def run_sweep(spec: SweepSpec, methods: Sequence[Method], out: str | Path, workers: int = 0,
               ray_address: str | None = None, command: str | None = None, skipped: Sequence[str] = (),
-              progress: bool = True, report: bool = True) -> SweepResult:
+              progress: bool = True, report: bool = True,
+              comparisons: Sequence[tuple[str, str, str]] = ()) -> SweepResult:
     """Run (or resume) a sweep into ``out`` and write its report.
 
     :param workers: 0 runs the cells here, one after the other; N > 0 runs them on N Ray workers (``ray.init()``
@@ -482,13 +502,19 @@ def run_sweep(spec: SweepSpec, methods: Sequence[Method], out: str | Path, worke
     :param command: the command line recorded in config.json (default: ``sys.argv``).
     :param skipped: lines naming the methods left out and why (recorded and reported).
     :param report: write CSV, Markdown and plots at the end (see :mod:`cim_gym.evaluation.report`).
+    :param comparisons: (method, twin, what the method observes on top of its twin): pairs the summary compares
+        per chip and across training seeds (see ``evaluate.COMPARISONS``).
     :raises SweepMismatchError: ``out`` holds another sweep.
     """
     if not _is_int(workers, 0):
         _fail("workers", workers, "an integer >= 0")
     out = Path(out)
+    names = {m.name for m in methods}
+    for pair in comparisons:
+        if len(pair) != 3 or not {pair[0], pair[1]} <= names:
+            _fail("comparisons", pair, "(method, twin, what) with both methods in this sweep")
     engine = Engine(spec, methods)
-    config = _config(spec, engine, command, skipped)
+    config = {**_config(spec, engine, command, skipped), "comparisons": [list(p) for p in comparisons]}
     _open_folder(out, config)
     keys = engine.cells()
     todo = [k for k in keys if not _cell_path(out, k).is_file()]

@@ -58,6 +58,7 @@ def test_each_algorithm_writes_a_run_folder_that_load_policy_reads(name: str, tm
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "complete" and meta["wall_time_s"] > 0
     assert meta["env_config"]["sigmas"] == [0.0, 0.1] and meta["package_version"]
+    assert len(meta["backbone_sha256"]) == 64  # a policy is never evaluated on a backbone retrained since
     for file in ("policy.safetensors", "metrics.csv", "evaluation.csv", "evaluation.md"):
         assert (out / file).is_file(), file
     assert any((out / "tb").rglob("events.out.tfevents.*"))

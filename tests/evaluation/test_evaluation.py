@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import cim_gym  # noqa: F401  (registers the environments)
+from cim_gym.backbones.checkpoint import SHIPPED_DIR
 from cim_gym.evaluation import (
     EntropyExits,
     FixedDepth,
@@ -68,7 +69,7 @@ def methods() -> list[Any]:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Any:
     out = tmp_path_factory.mktemp("sweep") / "eval"
-    return run_sweep(SPEC, methods(), out, command="pytest", progress=False)
+    return run_sweep(SPEC, methods(), out, command="pytest", progress=False, comparisons=[("aware", "hidden", "sigma")])
 
 
 def test_every_method_sees_the_same_chips(sweep: Any) -> None:
@@ -145,7 +146,9 @@ def test_outputs_are_written_and_parse(sweep: Any) -> None:
                     "## Pareto front"):
         assert heading in summary
     assert "| aware | fixed-resnet14 |" in summary
-    for name in ("accuracy_vs_sigma.png", "compute_vs_sigma.png", "pareto.png"):
+    assert "| aware | hidden | sigma |" in summary and f"| aware | {ORACLE_STATIC_CHIP} |" in summary
+    assert config["comparisons"] == [["aware", "hidden", "sigma"]]
+    for name in ("accuracy_vs_sigma.png", "compute_vs_sigma.png", "pareto.png", "path_vs_sigma.png"):
         image = matplotlib.image.imread(sweep.out / name)
         assert image.shape[0] > 100 and image.shape[1] > 100
 
@@ -244,6 +247,20 @@ def test_bad_settings_name_the_value() -> None:
                                             {"dataset": "digits", "depth": 14, "noise_source": "read"}, 0)])
 
 
+def test_a_policy_trained_on_a_backbone_retrained_since_is_refused() -> None:
+    from cim_gym.evaluation.sweep import policy_config_problems
+
+    env = gym.make("CIMBlockDrop-v0", dataset="digits", depth=14)
+    trained_on = env.unwrapped.backbone_sha256
+    env.close()
+    assert trained_on == json.loads((SHIPPED_DIR / "digits-resnet14-blockdrop.json").read_text())["sha256"]
+    config = {"dataset": "digits", "depth": 14}
+    assert policy_config_problems(SPEC, 14, config, trained_on) == []
+    assert "retrained after the policy" in policy_config_problems(SPEC, 14, config, "0" * 64)[0]
+    with pytest.raises(ValueError, match="retrained after the policy"):
+        Engine(SPEC, [PolicyMethod.from_env("x", aware_policy, "CIMBlockDrop-v0", config, 0, backbone_sha256="0" * 64)])
+
+
 def test_ray_and_serial_runs_agree_and_per_read_noise_has_no_per_image_oracle(tmp_path: Path) -> None:
     spec = SweepSpec(dataset="digits", sigmas=(0.0, 0.15), chips=2, images=40, seed=3, noise_source="read")
     # one backbone keeps the workers' start-up short; per-read noise makes the per-method draws matter
@@ -287,3 +304,23 @@ def test_a_cell_programs_its_chip_once_for_all_its_methods(monkeypatch: pytest.M
     for key in engine.cells():
         engine.run_cell(key)
     assert calls == [pool_seed(spec.seed, s, c) for s in range(2) for c in range(2)]
+
+
+def test_a_comparison_must_name_two_methods_of_the_sweep(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="comparisons="):
+        run_sweep(SPEC, methods(), tmp_path / "ev", progress=False, comparisons=[("aware", "nobody", "sigma")])
+    assert not (tmp_path / "ev").exists()
+
+
+def test_the_observing_gain_is_shown_per_training_seed_with_its_spread() -> None:
+    from cim_gym.evaluation.report import _observing_lines, _Table, split_seed
+
+    assert split_seed("blockdrop-sigma-seed12") == ("blockdrop-sigma", 12) and split_seed("x-seedy") == ("x-seedy", 0)
+    gains = {"p": 2.0, "p-seed1": 5.0}  # per chip: the policy is this many points above its twin
+    rows = [{"method": m, "sigma_index": s, "chip": c, "accuracy": 50.0 + (gains.get(m, 0.0) if s else 0.0),
+             "total_macs": 10.0} for m in ("p", "t", "p-seed1", "t-seed1") for s in range(2) for c in range(3)]
+    acc, macs = _Table(rows, [0.0, 0.1], 3, "accuracy"), _Table(rows, [0.0, 0.1], 3, "total_macs")
+    text = "\n".join(_observing_lines([("p", "t", "sigma"), ("p-seed1", "t-seed1", "sigma")], acc, macs,
+                                       [0.0, 0.1], "σ 0 | σ 0.1"))
+    assert "| p | t | sigma | 1.0 ± 0.0 | 0.0 ± 0.0 | 2.0 ± 0.0 | +0 |" in text
+    assert "| p | t | seed 0: 1.0 ± 0.0, seed 1: 2.5 ± 0.0 | +1.8 | 1.5 |" in text
