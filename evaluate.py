@@ -83,8 +83,8 @@ def run_name(name: str, seed: int) -> str:
 
 def standard_runs(a: argparse.Namespace) -> list[tuple[str, str, int]]:
     """(run folder name, standard run name, training seed) of every standard run this evaluation looks for."""
-    return [(run_name(name, seed), name, seed) for name, (role, _kind, _args) in LEARNED.items()
-            if a.runs is None or name in a.runs
+    return [(run_name(name, seed), name, seed) for name, (role, _kind, args) in LEARNED.items()
+            if (a.runs is None or name in a.runs) and (a.exit_depth or "{ex}" not in args)
             for seed in (a.run_seeds if role in SEEDED_ROLES else a.run_seeds[:1])]
 
 
@@ -212,7 +212,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="fixed block-drop models (default: every available depth of the data set)")
     p.add_argument("--blockdrop-depth", type=int, default=20,
                    help="backbone of the static masks and block-drop policies (default 20)")
-    p.add_argument("--exit-depth", type=int, default=32, help="multi-exit backbone (default 32)")
+    p.add_argument("--exit-depth", type=int, default=32,
+                   help="multi-exit backbone (default 32; 0: no multi-exit methods, neither BranchyNet nor exit policies)")
     p.add_argument("--mask-drops", type=int, nargs="*", default=None,
                    help="static masks: blocks dropped at the end of every stage (default: up to three sizes)")
     p.add_argument("--lenient", type=float, default=0.8,
@@ -238,7 +239,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output folder (default runs/eval/<dataset>-<noise source>-<cim>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    for name in ("chips", "workers", "images", "train_steps", "threads"):
+    for name in ("chips", "workers", "images", "train_steps", "threads", "exit_depth"):
         value, lo = getattr(a, name), 1 if name in ("chips", "train_steps") else 0
         if value < lo:
             p.error(f"--{name.replace('_', '-')} {value} is not allowed: expected an integer >= {lo}")
@@ -298,10 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     drops = a.mask_drops if a.mask_drops is not None else mask_drops(a.blockdrop_depth)
     methods += [StaticMask(depth=a.blockdrop_depth, drop_per_stage=k) for k in drops]
     skipped: list[str] = []
-    if a.exit_depth in shipped_depths(a.dataset, "multiexit", folder=a.backbones):
+    if a.exit_depth and a.exit_depth in shipped_depths(a.dataset, "multiexit", folder=a.backbones):
         methods += [EntropyExits(name=f"branchynet-lenient-resnet{a.exit_depth}", depth=a.exit_depth, target=a.lenient),
                     EntropyExits(name=f"branchynet-strict-resnet{a.exit_depth}", depth=a.exit_depth, target=a.strict)]
-    else:
+    elif a.exit_depth:
         skipped.append(f"branchynet: no multi-exit ResNet-{a.exit_depth} backbone for {a.dataset}")
     learned, not_found = load_policies(a, sigmas, spec)
     methods += learned

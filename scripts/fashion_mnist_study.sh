@@ -17,20 +17,18 @@ COMMON=(--dataset fashion-mnist --chips 10 --images 500 --train-missing --train-
 BLOCKDROP=(blockdrop-bernoulli-sigma blockdrop-bernoulli-nosigma)
 
 # 1. Programming variation (the proposal's manipulated variable): the default grid, 0 to where ResNet-56 has lost
-#    half its clean accuracy; every standard method of the proposal's comparison.
-python evaluate.py "${COMMON[@]}" --run-seeds 0 1 --out "$OUT/programming" --runs "${BLOCKDROP[@]}" \
-    blockdrop-bernoulli-chip blockdrop-bernoulli-chip-sigma blockdrop-ideal-lowpenalty blockdrop-ideal-highpenalty \
-    exit-sigma exit-nosigma thresholds-sigma thresholds-nosigma
+#    half its clean accuracy. Two sweeps on the very same chips and test images (same grid, ChipPool seed and image
+#    subset): the block-drop family (fixed depths, static masks, block-drop policies, the original BlockDrop) and
+#    the multi-exit family (BranchyNet thresholds, exit and threshold policies, with the fixed ResNet-32 as anchor).
+python evaluate.py "${COMMON[@]}" --run-seeds 0 1 --exit-depth 0 --out "$OUT/programming" --runs "${BLOCKDROP[@]}" \
+    blockdrop-bernoulli-chip blockdrop-bernoulli-chip-sigma blockdrop-ideal-lowpenalty blockdrop-ideal-highpenalty
+python evaluate.py "${COMMON[@]}" --run-seeds 0 1 --depths 32 --mask-drops --out "$OUT/programming-exits" \
+    --runs exit-sigma exit-nosigma thresholds-sigma thresholds-nosigma
 
 # 2. Output noise, where the depth-by-noise study saw the direction reverse past a middle depth: a shorter grid, the
 #    block-drop policies retrained on it (a policy is only evaluated on the setting it was trained on).
-python evaluate.py "${COMMON[@]}" --noise-source output --sigma-grid 0 0.01 0.02 0.03 0.04 --out "$OUT/output" \
-    --runs "${BLOCKDROP[@]}"
-
-# 3. 5-bit ADCs (NeuroSim's default), where the deepest nets fell furthest: programming variation on 5-bit chips,
-#    the fixed and static methods only (the exact ADC path is ~20x slower: no policy is trained on it here).
-python evaluate.py --dataset fashion-mnist --chips 10 --images 300 --workers "$WORKERS" --no-standard-runs \
-    --cim '{"preset": "ideal", "adc_bits": 5}' --sigma-grid 0 0.03 0.06 --out "$OUT/adc5"
+python evaluate.py "${COMMON[@]}" --noise-source output --sigma-grid 0 0.01 0.02 0.03 0.04 --exit-depth 0 \
+    --out "$OUT/output" --runs "${BLOCKDROP[@]}"
 
 # Keep each policy next to the results (no checkpoint.pt or TensorBoard logs: the weights and the record suffice).
 for run in runs/fashion-mnist/* runs/fashion-mnist-output-ideal/*; do

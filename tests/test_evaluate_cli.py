@@ -147,3 +147,9 @@ def test_run_seeds_name_their_folders_and_pair_each_policy_with_its_twin(capsys:
         with pytest.raises(SystemExit):
             evaluate.parse_args(bad)
         assert bad[0] in capsys.readouterr().err
+
+
+def test_exit_depth_0_leaves_every_multi_exit_method_out() -> None:
+    names = [r[1] for r in evaluate.standard_runs(evaluate.parse_args(["--exit-depth", "0"]))]
+    assert names and all(not n.startswith(("exit-", "thresholds-")) for n in names)
+    assert "exit-sigma" in [r[1] for r in evaluate.standard_runs(evaluate.parse_args([]))]
