@@ -187,7 +187,8 @@ def load_policies(a: argparse.Namespace, sigmas: Sequence[float], spec: Any) -> 
     return methods, skipped
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``evaluate.py`` (checked further by :func:`parse_args`)."""
     p = argparse.ArgumentParser(prog="python evaluate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits", help="data set (default digits)")
@@ -238,6 +239,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's default)")
     p.add_argument("--out", default=None, help="output folder (default runs/eval/<dataset>-<noise source>-<cim>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     a = p.parse_args(argv)
     for name in ("chips", "workers", "images", "train_steps", "threads", "exit_depth"):
         value, lo = getattr(a, name), 1 if name in ("chips", "train_steps") else 0

@@ -20,8 +20,16 @@ BLOCKDROP=(blockdrop-bernoulli-sigma blockdrop-bernoulli-nosigma)
 #    half its clean accuracy. Two sweeps on the very same chips and test images (same grid, ChipPool seed and image
 #    subset): the block-drop family (fixed depths, static masks, block-drop policies, the original BlockDrop) and
 #    the multi-exit family (BranchyNet thresholds, exit and threshold policies, with the fixed ResNet-32 as anchor).
+#    One more chip-aware policy, trained on many chips (16 per sigma, new ones every 8192 episodes; the standard
+#    runs see 4 per sigma, renewed once): a policy can only learn what the descriptor says from many chips.
+MANY=runs/fashion-mnist-extra/blockdrop-bernoulli-chip-sigma-manychips
+[ -f "$MANY/policy.safetensors" ] || python train_agent.py --algo reinforce --env CIMBlockDrop-v0 --depth 20 \
+    --observe both --entropy bernoulli --dataset fashion-mnist --cim ideal --noise-source programming \
+    --sigma-range 0 0.12 --chips-per-sigma 16 --refresh-chips-every 8192 --steps "$STEPS" --seed 0 --no-report \
+    --out "$MANY"
 python evaluate.py "${COMMON[@]}" --run-seeds 0 1 --exit-depth 0 --out "$OUT/programming" --runs "${BLOCKDROP[@]}" \
-    blockdrop-bernoulli-chip blockdrop-bernoulli-chip-sigma blockdrop-ideal-lowpenalty blockdrop-ideal-highpenalty
+    blockdrop-bernoulli-chip blockdrop-bernoulli-chip-sigma blockdrop-ideal-lowpenalty blockdrop-ideal-highpenalty \
+    --policies "$MANY"
 python evaluate.py "${COMMON[@]}" --run-seeds 0 1 --depths 32 --mask-drops --out "$OUT/programming-exits" \
     --runs exit-sigma exit-nosigma thresholds-sigma thresholds-nosigma
 
@@ -31,7 +39,7 @@ python evaluate.py "${COMMON[@]}" --noise-source output --sigma-grid 0 0.01 0.02
     --out "$OUT/output" --runs "${BLOCKDROP[@]}"
 
 # Keep each policy next to the results (no checkpoint.pt or TensorBoard logs: the weights and the record suffice).
-for run in runs/fashion-mnist/* runs/fashion-mnist-output-ideal/*; do
+for run in runs/fashion-mnist/* runs/fashion-mnist-output-ideal/* "$MANY"; do
     dest="$OUT/runs/$(basename "$(dirname "$run")")/$(basename "$run")"
     mkdir -p "$dest" && cp "$run"/{policy.safetensors,run.json} "$dest"/
     [ -f "$run/metrics.csv" ] && cp "$run/metrics.csv" "$dest"/

@@ -79,19 +79,40 @@ def test_train_missing_runs_train_agent_with_a_small_budget(tmp_path: Path, monk
     assert "skipped branchynet: no multi-exit ResNet-110" in out
 
 
-def test_readme_commands_parse_and_its_table_is_the_stored_result() -> None:
+def test_readme_evaluate_commands_parse() -> None:
     import re
 
-    readme = (ROOT / "README.md").read_text()
-    commands = re.findall(r"^python evaluate\.py(.*?)\s*(?:#.*)?$", readme, re.M)
+    commands = re.findall(r"^python evaluate\.py(.*?)\s*(?:#.*)?$", (ROOT / "README.md").read_text(), re.M)
     assert len(commands) >= 2
     for args in commands:
         evaluate.parse_args(args.split())
-    block = re.search(r"<!-- evaluation-digits:start -->\n(.*?)\n<!-- evaluation-digits:end -->", readme, re.S)
-    assert block, "README.md has no evaluation-digits block"
-    summary = (ROOT / "benchmarks" / "results" / "evaluation_digits" / "summary.md").read_text()
-    table = re.search(r"## Accuracy.*?\n\n(\|.*?)\n\n", summary, re.S)
-    assert table and table.group(1) in block.group(1), "README evaluation table differs from the stored summary.md"
+
+
+@pytest.mark.parametrize(("block", "summary"), [
+    ("evaluation-digits", "benchmarks/results/evaluation_digits/summary.md"),
+])
+def test_readme_result_tables_are_the_stored_results(block: str, summary: str) -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(rf"<!-- {block}:start -->\n(.*?)\n<!-- {block}:end -->", readme, re.S)
+    assert found, f"README.md has no {block} block"
+    table = re.search(r"## Accuracy.*?\n\n(\|.*?)\n\n", (ROOT / summary).read_text(), re.S)
+    assert table and table.group(1) in found.group(1), f"README {block} table differs from the stored {summary}"
+
+
+def test_the_study_script_is_valid_bash_and_its_evaluate_options_exist() -> None:
+    import re
+    import subprocess
+
+    script = ROOT / "scripts" / "fashion_mnist_study.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    options = set(re.findall(r"(--[a-z][a-z-]+)", script.read_text()))
+    import train_agent
+
+    known = {o for parser in (evaluate.build_parser(), train_agent.build_parser())
+             for action in parser._actions for o in action.option_strings}
+    assert options <= known, f"unknown options in the study script: {sorted(options - known)}"
 
 
 @pytest.mark.parametrize("grid", [["0.1", "0"], ["0", "0"], ["-0.1", "0"], ["0", "nan"]])
