@@ -223,15 +223,15 @@ def summary_markdown(result: Any, rows: Sequence[dict[str, Any]], notes: Sequenc
                      f"{mean('total_macs'):,.0f} | {'-' if energy is None else f'{energy / 1e3:.2f}'} |")
     baselines = [m for m in methods if role[m] == "baseline"]
     candidates = [m for m in methods if role[m] in ("noise-aware", "sigma-hidden", "chip-aware", "oracle")]
-    lines += ["", "## Paired differences in accuracy (points), per chip, mean ± 95 % interval", "",
-              "Each row: the method minus the baseline on the very same chips and images.", "",
-              f"| method | minus | grid mean | {head} |", "| --- | --- | --- | " + " | ".join("---" for _ in sigmas) + " |"]
-    for m in candidates:
-        for b in baselines:
-            per = " | ".join(acc.paired(m, b, s).format() for s in range(len(sigmas)))
-            lines.append(f"| {m} | {b} | {acc.paired(m, b).format()} | {per} |")
+    lines += _paired_table("Paired differences in accuracy (points)", "the method minus the baseline on the very "
+                           "same chips and images.", "minus", [(m, b) for m in candidates for b in baselines], acc, head)
+    learned = [m for m in methods if role[m] in ("noise-aware", "sigma-hidden", "chip-aware")]
+    oracles = [m for m in methods if role[m] == "oracle"]
+    if learned and oracles:
+        lines += _paired_table("Distance to the oracles (points)", "the policy minus the oracle on the same chips "
+                               "(negative: below the oracle).", "oracle", [(m, o) for m in learned for o in oracles],
+                               acc, head)
     lines += _observing_lines(cfg.get("comparisons", []), acc, macs, sigmas, head)
-    lines += _oracle_distance_lines(methods, role, acc, sigmas, head)
     lines += ["", "## Where the noise-aware methods do not win", ""]
     aware = [m for m in methods if role[m] == "noise-aware"]
     if not aware:
@@ -298,20 +298,15 @@ def _observing_lines(pairs: Sequence[Sequence[str]], acc: _Table, macs: _Table, 
     return lines
 
 
-def _oracle_distance_lines(methods: Sequence[str], role: dict[str, str], acc: _Table, sigmas: Sequence[float],
-                           head: str) -> list[str]:
-    """How far each learned policy stays below each oracle, per chip."""
-    learned = [m for m in methods if role[m] in ("noise-aware", "sigma-hidden", "chip-aware")]
-    oracles = [m for m in methods if role[m] == "oracle"]
-    if not learned or not oracles:
-        return []
-    lines = ["", "## Distance to the oracles (points), per chip, mean ± 95 % interval", "",
-             "Each row: the policy minus the oracle on the same chips (negative: below the oracle).", "",
-             f"| method | oracle | grid mean | {head} |", "| --- | --- | --- | " + " | ".join("---" for _ in sigmas) + " |"]
-    for m in learned:
-        for o in oracles:
-            per = " | ".join(acc.paired(m, o, s).format() for s in range(len(sigmas)))
-            lines.append(f"| {m} | {o} | {acc.paired(m, o).format()} | {per} |")
+def _paired_table(title: str, note: str, minus: str, pairs: Sequence[tuple[str, str]], acc: _Table,
+                  head: str) -> list[str]:
+    """A table of per-chip paired differences in accuracy, grid mean and per sigma, one row per (method, other)."""
+    cols = " | ".join("---" for _ in acc.sigmas)
+    lines = ["", f"## {title}, per chip, mean ± 95 % interval", "", f"Each row: {note}", "",
+             f"| method | {minus} | grid mean | {head} |", f"| --- | --- | --- | {cols} |"]
+    for m, other in pairs:
+        per = " | ".join(acc.paired(m, other, s).format() for s in range(len(acc.sigmas)))
+        lines.append(f"| {m} | {other} | {acc.paired(m, other).format()} | {per} |")
     return lines
 
 
