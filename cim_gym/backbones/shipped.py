@@ -54,7 +54,6 @@ SHIPPED: dict[str, str] = {
 OLDER_RECIPE: dict[str, str] = {
     "fashion-mnist-resnet32-blockdrop": f"{FASHION_2_EPOCHS} --depth 32 --variant blockdrop",
     "fashion-mnist-resnet56-blockdrop": f"{FASHION_2_EPOCHS} --depth 56 --variant blockdrop",
-    "fashion-mnist-resnet32-multiexit": f"{FASHION_2_EPOCHS} --depth 32 --variant multiexit",
 }
 """Name -> training arguments of a shipped file that an older recipe made (the file's recorded command); ``ship``
 of a retrained checkpoint replaces the file, and its entry here goes."""
