@@ -94,12 +94,13 @@ def comparisons(names: Sequence[str]) -> list[tuple[str, str, str]]:
 
     present, pairs = set(names), []
     for folder, name, seed in ((n, *split_seed(n)) for n in names):
-        if name in COMPARISONS:
-            twin = run_name(COMPARISONS[name][0], seed)
-            if twin not in present and seed:  # a seed-0-only twin (e.g. a chip-aware run has one seed)
-                twin = COMPARISONS[name][0]
-            if twin in present:
-                pairs.append((folder, twin, COMPARISONS[name][1]))
+        # a standard run, or any pair of folders named <x>-sigma and <x>-nosigma (e.g. --policies of a variant)
+        base, what = COMPARISONS.get(name, (name.removesuffix("-sigma") + "-nosigma", "sigma"))
+        twin = run_name(base, seed)
+        if twin not in present and seed:  # a seed-0-only twin (e.g. a chip-aware run has one seed)
+            twin = base
+        if twin in present and twin != folder:
+            pairs.append((folder, twin, what))
     return pairs
 
 

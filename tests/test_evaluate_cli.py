@@ -164,6 +164,8 @@ def test_run_seeds_name_their_folders_and_pair_each_policy_with_its_twin(capsys:
     assert pairs == [("blockdrop-bernoulli-sigma", "blockdrop-bernoulli-nosigma", "sigma"),
                      ("blockdrop-bernoulli-sigma-seed1", "blockdrop-bernoulli-nosigma-seed1", "sigma"),
                      ("blockdrop-bernoulli-chip-sigma", "blockdrop-bernoulli-sigma", "the chip on top of sigma")]
+    assert evaluate.comparisons(["my-beta-sigma", "my-beta-nosigma", "other-sigma"]) == [
+        ("my-beta-sigma", "my-beta-nosigma", "sigma")]
     for bad in (["--runs", "blockdrop"], ["--run-seeds", "0", "0"], ["--run-seeds", "-1"]):
         with pytest.raises(SystemExit):
             evaluate.parse_args(bad)
