@@ -388,17 +388,23 @@ def _path_plot(methods: Sequence[str], family: dict[str, str], rows: Sequence[di
     import matplotlib.pyplot as plt
 
     dynamic = [m for m in methods if family[m] in ("policy", "entropy-exit")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, label in ((axes[0], "blocks", "residual blocks run (mean)"), (axes[1], "exit", "exit taken (mean, from 0)")):
+    series: dict[str, dict[str, list[float]]] = {"blocks": {}, "exit": {}}
+    for key, per_method in series.items():
         for m in dynamic:
             per = [[r[key] for r in rows if r["method"] == m and r["sigma_index"] == s and r[key] is not None]
                    for s in range(len(sigmas))]
             if all(per):
-                ax.plot(sigmas, [float(np.mean(v)) for v in per], label=m, markersize=3, **style[m])
+                per_method[m] = [float(np.mean(v)) for v in per]
+    labels = {"blocks": "residual blocks run (mean)", "exit": "exit taken (mean, from 0)"}
+    keys = [k for k in series if series[k]] or ["blocks"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for m, values in series[key].items():
+            ax.plot(sigmas, values, label=m, markersize=3, **style[m])
         ax.set_xlabel("sigma")
-        ax.set_ylabel(label)
+        ax.set_ylabel(labels[key])
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
+        if series[key]:
             ax.legend(fontsize=7)
     fig.suptitle(f"{title}: the path each dynamic method takes", fontsize=10)
     fig.tight_layout()
