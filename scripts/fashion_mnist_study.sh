@@ -15,6 +15,13 @@ WORKERS=${WORKERS:-0}
 OUT=${OUT:-results/fashion-mnist}
 COMMON=(--dataset fashion-mnist --chips 10 --images 500 --train-missing --train-steps "$STEPS" --workers "$WORKERS")
 BLOCKDROP=(blockdrop-bernoulli-sigma blockdrop-bernoulli-nosigma)
+complete() { grep -q '"status": "complete"' "$1/run.json" 2>/dev/null; }
+# train_once OUT ARGS...: a policy outside the standard runs, trained once (an interrupted run is resumed)
+train_once() {
+    local out=$1; shift
+    complete "$out" && return
+    python train_agent.py "$@" --steps "$STEPS" --no-report --out "$out" $([ -f "$out/run.json" ] && echo --resume)
+}
 
 # 1. Programming variation (the proposal's manipulated variable): the default grid, 0 to where ResNet-56 has lost
 #    half its clean accuracy. Two sweeps on the very same chips and test images (same grid, ChipPool seed and image
@@ -23,10 +30,9 @@ BLOCKDROP=(blockdrop-bernoulli-sigma blockdrop-bernoulli-nosigma)
 #    One more chip-aware policy, trained on many chips (16 per sigma, new ones every 8192 episodes; the standard
 #    runs see 4 per sigma, renewed once): a policy can only learn what the descriptor says from many chips.
 MANY=runs/fashion-mnist-extra/blockdrop-bernoulli-chip-sigma-manychips
-[ -f "$MANY/policy.safetensors" ] || python train_agent.py --algo reinforce --env CIMBlockDrop-v0 --depth 20 \
-    --observe both --entropy bernoulli --dataset fashion-mnist --cim ideal --noise-source programming \
-    --sigma-range 0 0.12 --chips-per-sigma 16 --refresh-chips-every 8192 --steps "$STEPS" --seed 0 --no-report \
-    --out "$MANY"
+train_once "$MANY" --algo reinforce --env CIMBlockDrop-v0 --depth 20 --observe both --entropy bernoulli \
+    --dataset fashion-mnist --cim ideal --noise-source programming --sigma-range 0 0.12 --chips-per-sigma 16 \
+    --refresh-chips-every 8192 --seed 0
 python evaluate.py "${COMMON[@]}" --run-seeds 0 1 --exit-depth 0 --out "$OUT/programming" --runs "${BLOCKDROP[@]}" \
     blockdrop-bernoulli-chip blockdrop-bernoulli-chip-sigma blockdrop-ideal-lowpenalty blockdrop-ideal-highpenalty \
     --policies "$MANY"
@@ -38,8 +44,20 @@ python evaluate.py "${COMMON[@]}" --run-seeds 0 1 --depths 32 --mask-drops --out
 python evaluate.py "${COMMON[@]}" --noise-source output --sigma-grid 0 0.01 0.02 0.03 0.04 --exit-depth 0 \
     --out "$OUT/output" --runs "${BLOCKDROP[@]}"
 
-# Keep each policy next to the results (no checkpoint.pt or TensorBoard logs: the weights and the record suffice).
-for run in runs/fashion-mnist/* runs/fashion-mnist-output-ideal/* "$MANY"; do
+# 3. A weaker entropy bonus (beta 0.01 instead of BlockDrop's 0.1): the policies above end near maximum entropy, so
+#    their greedy masks rest on small deviations from p = 0.5. The same pair with beta 0.01, against the full ResNet-20
+#    on the same chips and images.
+for observe in sigma nosigma; do
+    train_once runs/fashion-mnist-extra/blockdrop-bernoulli-beta0.01-$observe --algo reinforce --env CIMBlockDrop-v0 \
+        --depth 20 --entropy bernoulli --beta 0.01 --observe $([ $observe = sigma ] && echo sigma || echo none) \
+        --dataset fashion-mnist --cim ideal --noise-source programming --sigma-range 0 0.12 --seed 0
+done
+python evaluate.py "${COMMON[@]}" --exit-depth 0 --no-standard-runs --depths 20 --mask-drops \
+    --policies runs/fashion-mnist-extra/blockdrop-bernoulli-beta0.01-{sigma,nosigma} --out "$OUT/programming-beta0.01"
+
+# Keep each finished policy next to the results (no checkpoint or TensorBoard logs: weights and record suffice).
+for run in runs/fashion-mnist/* runs/fashion-mnist-output-ideal/* runs/fashion-mnist-extra/*; do
+    complete "$run" || continue
     dest="$OUT/runs/$(basename "$(dirname "$run")")/$(basename "$run")"
     mkdir -p "$dest" && cp "$run"/{policy.safetensors,run.json} "$dest"/
     [ -f "$run/metrics.csv" ] && cp "$run/metrics.csv" "$dest"/
