@@ -224,8 +224,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from cim_gym.backbones import BackboneNotFoundError
-    from cim_gym.data import DatasetNotFoundError
 
     env_kwargs = env_kwargs_from(args, env_id)
     short = {v: k for k, v in ENV_IDS.items()}[env_id]
@@ -239,8 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: checkpoint saved in {out} (continue with the same command and --resume)", file=sys.stderr)
         return 130
-    except (ValueError, DatasetNotFoundError, BackboneNotFoundError) as err:
-        # bad settings (EnvConfig, ReinforceSettings, run folder), missing data or backbone: a CLI error, not a traceback
+    except (ValueError, FileNotFoundError) as err:
+        # bad settings (EnvConfig, ReinforceSettings, run folder), missing data or backbone (the environments raise
+        # FileNotFoundError subclasses naming what is missing and how to get it): a CLI error, not a traceback
         p.error(str(err))
     if not args.no_report:
         report(args, env_id, trained, out)
