@@ -104,7 +104,6 @@ def comparisons(names: Sequence[str]) -> list[tuple[str, str, str]]:
     return pairs
 
 
-
 def runs_root(dataset: str, noise_source: str, cim: str) -> Path:
     """Folder of the standard run folders: ``runs/<dataset>`` for programming variation on the ideal preset, else
     ``runs/<dataset>-<noise source>-<cim>`` (a policy is only evaluated on the setting it was trained on)."""

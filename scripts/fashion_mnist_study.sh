@@ -60,5 +60,5 @@ for run in runs/fashion-mnist/* runs/fashion-mnist-output-ideal/* runs/fashion-m
     complete "$run" || continue
     dest="$OUT/runs/$(basename "$(dirname "$run")")/$(basename "$run")"
     mkdir -p "$dest" && cp "$run"/{policy.safetensors,run.json} "$dest"/
-    [ -f "$run/metrics.csv" ] && cp "$run/metrics.csv" "$dest"/
+    if [ -f "$run/metrics.csv" ]; then cp "$run/metrics.csv" "$dest"/; fi
 done
