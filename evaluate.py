@@ -20,6 +20,7 @@ sweep and refuses a different one.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shlex
 import subprocess
@@ -31,6 +32,9 @@ from typing import Any
 import torch
 
 from cim_gym.envs.config import NOISE_SOURCES
+
+POLICY_FILES = ("run.json", "policy.safetensors")
+"""What makes a trained policy (agents.runs): its identity in a sweep; checkpoints and logs beside them are not."""
 
 # name -> (role, train_agent.py arguments); the data set, CIM config, noise source, seed, sigmas and --out are added.
 # "noisy" runs train over the evaluation's sigma range, "ideal" ones at sigma 0 only (the original BlockDrop).
@@ -104,12 +108,15 @@ def comparisons(names: Sequence[str]) -> list[tuple[str, str, str]]:
     return pairs
 
 
-def runs_root(dataset: str, noise_source: str, cim: str) -> Path:
+def runs_root(dataset: str, noise_source: str, cim: str | dict[str, Any]) -> Path:
     """Folder of the standard run folders: ``runs/<dataset>`` for programming variation on the ideal preset, else
-    ``runs/<dataset>-<noise source>-<cim>`` (a policy is only evaluated on the setting it was trained on)."""
+    ``runs/<dataset>-<noise source>-<chip>`` (the chip's :func:`~cim_gym.cli.cim_label`; a policy is only evaluated
+    on the setting it was trained on)."""
+    from cim_gym.cli import cim_label
+
     if noise_source == "programming" and cim == "ideal":
         return Path("runs") / dataset
-    return Path("runs") / f"{dataset}-{noise_source}-{cim}"
+    return Path("runs") / f"{dataset}-{noise_source}-{cim_label(cim)}"
 
 
 def train_command(name: str, a: argparse.Namespace, sigmas: Sequence[float], steps: int | None = None,
@@ -117,8 +124,9 @@ def train_command(name: str, a: argparse.Namespace, sigmas: Sequence[float], ste
     """The ``train_agent.py`` command line that makes the standard run ``name`` with training seed ``seed``."""
     _role, kind, args = LEARNED[name]
     sigma_args = ["--sigmas", "0"] if kind == "ideal" else ["--sigma-range", f"{min(sigmas):g}", f"{max(sigmas):g}"]
+    cim = a.cim if isinstance(a.cim, str) else json.dumps(a.cim)
     cmd = ["python", "train_agent.py", *shlex.split(args.format(bd=a.blockdrop_depth, ex=a.exit_depth)),
-           "--dataset", a.dataset, "--cim", a.cim, "--noise-source", a.noise_source, *sigma_args, "--seed", str(seed),
+           "--dataset", a.dataset, "--cim", cim, "--noise-source", a.noise_source, *sigma_args, "--seed", str(seed),
            "--out", str(runs_root(a.dataset, a.noise_source, a.cim) / run_name(name, seed))]
     for option, folder in (("--data-root", a.data_root), ("--backbones", a.backbones)):
         cmd += [option, folder] if folder is not None else []
@@ -183,19 +191,22 @@ def load_policies(a: argparse.Namespace, sigmas: Sequence[float], spec: Any) -> 
             continue
         methods.append(PolicyMethod.from_env(
             name, lambda obs, p=policy: p.act(obs, deterministic=True), policy.env_id, policy.env_config,
-            policy.decision_macs, role=role, run_dir=str(folder), run_hash=folder_hash(folder), backbone_sha256=sha))
+            policy.decision_macs, role=role, run_dir=str(folder), run_hash=folder_hash(folder, POLICY_FILES),
+            backbone_sha256=sha))
     return methods, skipped
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``evaluate.py`` (checked further by :func:`parse_args`)."""
+    from cim_gym.cli import cim_spec, existing_folder
+
     p = argparse.ArgumentParser(prog="python evaluate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits", help="data set (default digits)")
-    p.add_argument("--data-root", default=None, metavar="DIR",
+    p.add_argument("--data-root", type=existing_folder, default=None, metavar="DIR",
                    help="folder of the data set files (torchvision layout, e.g. DIR/cifar-10-batches-py; default "
                         "$CIM_GYM_DATA or ~/.cache/cim-gym/data); nothing is downloaded")
-    p.add_argument("--backbones", default=None, metavar="DIR",
+    p.add_argument("--backbones", type=existing_folder, default=None, metavar="DIR",
                    help="folder of backbone checkpoints (the --out of python -m cim_gym.backbones.train), used instead "
                         "of the shipped ones and the user cache; policies must have been trained on the same folder")
     p.add_argument("--sigma-grid", type=float, nargs="*", default=None, metavar="SIGMA",
@@ -203,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default grid, 0 to where the deepest fixed model has lost half its clean accuracy")
     p.add_argument("--noise-source", default="programming", choices=NOISE_SOURCES,
                    help="what sigma scales (default programming variation)")
-    p.add_argument("--cim", default="ideal", help="CIM preset of the chips (default ideal)")
+    p.add_argument("--cim", type=cim_spec, default="ideal",
+                   help="the chip: a preset name or a JSON CIMConfig dict, e.g. '{\"preset\": \"ideal\", \"adc_bits\": 5}' "
+                        "(default ideal); sigma scales --noise-source on it")
     p.add_argument("--chips", type=int, default=5, help="chips per sigma (default 5)")
     p.add_argument("--images", type=int, default=1000, help="test images, a fixed random subset (default 1000; 0: all)")
     p.add_argument("--seed", type=int, default=0, help="ChipPool seed of every chip (default 0)")
@@ -254,12 +267,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--runs {' '.join(unknown)} is not allowed: expected standard run names, from {', '.join(LEARNED)}")
     if any(v < 0 for v in a.run_seeds) or len(set(a.run_seeds)) != len(a.run_seeds):
         p.error(f"--run-seeds {' '.join(map(str, a.run_seeds))} is not allowed: expected distinct integers >= 0")
-    for name in ("data_root", "backbones"):
-        if getattr(a, name) is not None:
-            folder = Path(getattr(a, name)).expanduser()
-            if not folder.is_dir():
-                p.error(f"--{name.replace('_', '-')} {getattr(a, name)} is not allowed: expected an existing folder")
-            setattr(a, name, str(folder.resolve()))  # absolute: recorded, and compared with the policies' folders
+    from cim_gym.envs.core import resolve_cim
+
+    try:
+        resolve_cim(a.cim)
+    except (ValueError, TypeError) as err:
+        p.error(f"--cim {a.cim if isinstance(a.cim, str) else json.dumps(a.cim)} is not allowed: {err}")
     if a.backbones is not None:
         from cim_gym.evaluation.grids import shipped_depths
 
@@ -279,6 +292,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cim_gym.cli import cim_label
     from cim_gym.evaluation import EntropyExits, FixedDepth, StaticMask, SweepSpec, run_sweep
     from cim_gym.evaluation.grids import default_grid, grid_from_limit, measure_limit, shipped_depths
 
@@ -315,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     skipped += not_found
     for line in skipped:
         print(f"skipped {line}", flush=True)
-    out = Path(a.out or Path("runs") / "eval" / f"{a.dataset}-{a.noise_source}-{a.cim}")
+    out = Path(a.out or Path("runs") / "eval" / f"{a.dataset}-{a.noise_source}-{cim_label(a.cim)}")
     print(f"evaluating {len(methods)} methods on {a.dataset}, {a.noise_source} sigma grid "
           f"{' '.join(f'{s:g}' for s in sigmas)}, {a.chips} chips per sigma, into {out}", flush=True)
     result = run_sweep(spec, methods, out, workers=a.workers, ray_address=a.ray_address,

@@ -17,7 +17,6 @@ Ctrl-C saves a checkpoint; ``--resume`` continues it. ``agents.load_policy(folde
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -63,27 +62,9 @@ def _env_id(text: str) -> str:
                                      f"(or {sorted(ENV_IDS)})")
 
 
-def _folder(text: str) -> str:
-    """An existing folder, as an absolute path (recorded in run.json, so that evaluation finds it from anywhere)."""
-    path = Path(text).expanduser()
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected an existing folder")
-    return str(path.resolve())
-
-
-def _cim(text: str) -> str | dict[str, Any]:
-    if text.lstrip().startswith("{"):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON: {err}") from err
-        if not isinstance(value, dict):
-            raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected a preset name or a JSON object")
-        return value
-    return text
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from cim_gym.cli import cim_spec, existing_folder
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algo", choices=("reinforce", "ppo", "a2c", "dqn", "sac"), default="reinforce",
                    help="reinforce (BlockDrop's, every env), ppo / a2c (every env), dqn (CIMEarlyExit-v0), "
@@ -93,14 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="environment id or short name (blockdrop, early-exit, exit-thresholds); default: "
                           "CIMBlockDrop-v0, CIMEarlyExit-v0 for dqn, CIMExitThresholds-v0 for sac")
     env.add_argument("--dataset", default="digits", help="data set of images and backbone (default digits)")
-    env.add_argument("--data-root", type=_folder, default=None, metavar="DIR",
+    env.add_argument("--data-root", type=existing_folder, default=None, metavar="DIR",
                      help="folder of the data set files (torchvision layout, e.g. DIR/cifar-10-batches-py; default "
                           "$CIM_GYM_DATA or ~/.cache/cim-gym/data); nothing is downloaded")
-    env.add_argument("--backbones", type=_folder, default=None, metavar="DIR",
+    env.add_argument("--backbones", type=existing_folder, default=None, metavar="DIR",
                      help="folder of backbone checkpoints (the --out of python -m cim_gym.backbones.train), used "
                           "instead of the shipped ones and the user cache")
     env.add_argument("--depth", type=_positive_int, default=None, help="backbone depth (default: the env's)")
-    env.add_argument("--cim", type=_cim, default=None,
+    env.add_argument("--cim", type=cim_spec, default=None,
                      help="chip: a preset name or a JSON CIMConfig dict, e.g. '{\"preset\": \"neurosim\", \"adc_bits\": 6}' "
                           "(default: the env's, 'ideal')")
     env.add_argument("--noise-source", default=None, help="what sigma scales (default programming)")
@@ -157,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--threads", type=_positive_int, default=1,
                      help="torch threads (default 1: the tensors are small, and one thread is immune to busy cores)")
     out.add_argument("--report-chips", type=_positive_int, default=4, help="chips per sigma of the final report")
-    out.add_argument("--report-images", type=_positive_int, default=None, help="test images of the report (default all)")
+    out.add_argument("--report-images", type=_non_negative_int, default=2000,
+                     help="the first N test images in the report (default 2000: all of digits, a fifth of Fashion-MNIST's "
+                          "10000, which would take 15 minutes on a CPU core; 0: all)")
     out.add_argument("--no-report", action="store_true", help="skip the final report")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -322,7 +305,7 @@ def report(args: argparse.Namespace, env_id: str, policy: Any, out: Path) -> Non
 
     what = {"CIMBlockDrop-v0": "blocks", "CIMEarlyExit-v0": "exit (0 = first)", "CIMExitThresholds-v0": "MAC share"}[env_id]
     rows = greedy_report(policy, env_id, policy.env_config, chips_per_sigma=args.report_chips,
-                         max_images=args.report_images, progress=not args.no_progress)
+                         max_images=args.report_images or None, progress=not args.no_progress)
     print(write_report(rows, out, what))
 
 

@@ -3,6 +3,7 @@
 # already in runs/fashion-mnist*/ are reused), then evaluates every method on the same chips.
 #
 #   bash scripts/fashion_mnist_study.sh            # WORKERS=2 to run the sweeps' cells on 2 Ray workers
+#   cp -r results/fashion-mnist/runs/. runs/ && bash scripts/fashion_mnist_study.sh  # reuse the committed policies
 #
 # Budgets (2 CPU cores): REINFORCE policies get STEPS=120000 episodes each (BlockDrop's default is 300000; 120000 is
 # what fits), two training seeds for every noise-aware policy and its sigma-hidden twin. The backbones are the
@@ -16,6 +17,10 @@ OUT=${OUT:-results/fashion-mnist}
 COMMON=(--dataset fashion-mnist --chips 10 --images 500 --train-missing --train-steps "$STEPS" --workers "$WORKERS")
 BLOCKDROP=(blockdrop-bernoulli-sigma blockdrop-bernoulli-nosigma)
 complete() { grep -q '"status": "complete"' "$1/run.json" 2>/dev/null; }
+# fresh OUT: a finished report without its cells (as committed) holds nothing to resume: it is replaced, as its
+# policies may have been trained elsewhere; an interrupted sweep (cells/ present) resumes
+fresh() { if [ -f "$1/config.json" ] && [ ! -d "$1/cells" ]; then rm -rf "$1"; fi; }
+for report in "$OUT"/*/; do fresh "${report%/}"; done
 # train_once OUT ARGS...: a policy outside the standard runs, trained once (an interrupted run is resumed)
 train_once() {
     local out=$1; shift

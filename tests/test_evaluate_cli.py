@@ -152,6 +152,44 @@ def test_every_standard_train_command_is_valid_for_train_agent() -> None:
             train_agent.reinforce_settings(args)
 
 
+def test_cim_takes_a_preset_or_a_json_chip_whose_runs_train_agent_makes(capsys: pytest.CaptureFixture) -> None:
+    import train_agent
+
+    chip = {"preset": "ideal", "adc_bits": 5}
+    a = evaluate.parse_args(["--dataset", "fashion-mnist", "--cim", json.dumps(chip)])
+    assert a.cim == chip
+    cmd = evaluate.train_command("blockdrop-sigma", a, (0.0, 0.1))
+    assert cmd[-1] == "runs/fashion-mnist-programming-ideal-adc_bits5/blockdrop-sigma"
+    assert train_agent.build_parser().parse_args(cmd[2:]).cim == chip  # the very chip, back through JSON
+    assert evaluate.runs_root("digits", "read", "neurosim") == Path("runs/digits-read-neurosim")
+    for bad, needle in [("foo", "unknown CIM preset 'foo'"), ('{"adc_bits": 5', "is not valid JSON"),
+                        ('{"preset": "ideal", "adc_bits": 99}', "adc_bits=99 is not allowed"),
+                        ('{"preset": "ideal", "no_such_field": 1}', "no_such_field")]:
+        with pytest.raises(SystemExit):
+            evaluate.parse_args(["--cim", bad])
+        err = capsys.readouterr().err
+        assert "--cim" in err and needle in err, err
+
+
+def test_a_policy_is_its_weights_and_record_whatever_lies_beside_them(tmp_path: Path) -> None:
+    from cim_gym.evaluation import folder_hash
+
+    run, copy = tmp_path / "run", tmp_path / "copy"
+    for folder in (run, copy):
+        folder.mkdir()
+        for name in evaluate.POLICY_FILES:
+            (folder / name).write_text(f"the {name}")
+    (run / "checkpoint.pt").write_text("optimizer state")
+    (run / "tb").mkdir()
+    (run / "tb" / "events").write_text("logs")
+    assert folder_hash(run, evaluate.POLICY_FILES) == folder_hash(copy, evaluate.POLICY_FILES)
+    assert folder_hash(run) != folder_hash(copy)  # the whole folder differs
+    (copy / "policy.safetensors").write_text("other weights")
+    assert folder_hash(run, evaluate.POLICY_FILES) != folder_hash(copy, evaluate.POLICY_FILES)
+    with pytest.raises(FileNotFoundError):
+        folder_hash(tmp_path / "tb-only", evaluate.POLICY_FILES)
+
+
 def test_run_seeds_name_their_folders_and_pair_each_policy_with_its_twin(capsys: pytest.CaptureFixture) -> None:
     a = evaluate.parse_args(["--dataset", "fashion-mnist", "--run-seeds", "0", "1",
                              "--runs", "blockdrop-bernoulli-sigma", "blockdrop-bernoulli-nosigma",

@@ -165,7 +165,7 @@ def test_a_folder_that_does_not_exist_is_refused_naming_the_option(option: str, 
     absent = str(tmp_path / "absent")
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--dataset", "cifar10", option, absent])
-    assert f"{option} {absent} is not allowed: expected an existing folder" in capsys.readouterr().err
+    assert f"{option}: '{absent}' is not allowed: expected an existing folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_agent.build_parser().parse_args(["--dataset", "cifar10", option, absent])
     assert f"{option}: '{absent}' is not allowed: expected an existing folder" in capsys.readouterr().err

@@ -375,10 +375,14 @@ class SweepMismatchError(FileExistsError):
     """The output folder holds another sweep (or something else): refused, never mixed."""
 
 
-def folder_hash(folder: str | Path) -> str:
-    """SHA-256 over the relative paths and contents of every file in a folder (a run folder's identity)."""
+def folder_hash(folder: str | Path, files: Sequence[str] | None = None) -> str:
+    """SHA-256 over the relative paths and contents of the files in a folder: every file, or only ``files`` (those
+    that make a policy, so that a copy of them is the same policy whatever checkpoints or logs lie beside them).
+
+    :raises FileNotFoundError: one of ``files`` is not in the folder."""
     root, h = Path(folder), hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    chosen = sorted(p for p in root.rglob("*") if p.is_file()) if files is None else [root / f for f in sorted(files)]
+    for path in chosen:
         h.update(str(path.relative_to(root)).encode() + b"\0")
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -114,6 +114,7 @@ def test_ctrl_c_leaves_a_loadable_checkpoint_that_resume_finishes(tmp_path: Path
     (["--alpha", "0.3"], "alpha"),
     (["--dataset", "imagenet"], "dataset"),
     (["--sigmas", "-0.1"], "sigmas"),
+    (["--report-images", "-1"], "--report-images"),
 ])
 def test_bad_arguments_exit_non_zero_naming_the_option(args: list[str], needle: str, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
