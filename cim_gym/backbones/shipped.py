@@ -26,8 +26,6 @@ DIGITS_COMMON = "--dataset digits --epochs 60 --batch-size 64 --seed 0"
 # --threads 1 (2 CPU cores shared with other jobs). Weights are bitwise reproducible for the same torch build and
 # thread count. The multi-exit one is a ResNet-32: a multi-exit ResNet-56 epoch costs ~1.8x as much.
 FASHION_COMMON = "--dataset fashion-mnist --epochs 12 --float-epochs 10 --batch-size 128"
-FASHION_2_EPOCHS = "--dataset fashion-mnist --epochs 2 --batch-size 128 --seed 0 --warmup-epochs 0.3 --no-augment"
-"""The first Fashion-MNIST recipe: 2 epochs, no augmentation, QAT throughout (not converged: 88-90 %)."""
 
 SHIPPED: dict[str, str] = {
     "digits-resnet8-blockdrop": f"{DIGITS_COMMON} --depth 8 --variant blockdrop",
@@ -49,20 +47,12 @@ SHIPPED: dict[str, str] = {
     "fashion-mnist-resnet56-blockdrop-seed1": f"{FASHION_COMMON} --depth 56 --variant blockdrop --seed 1",
 }
 """Name -> training arguments of every checkpoint the package ships or is to ship, in training order: what
-``train`` runs. A shipped file trained by an older recipe is listed in :data:`OLDER_RECIPE` until it is retrained."""
-
-OLDER_RECIPE: dict[str, str] = {
-    "fashion-mnist-resnet32-blockdrop": f"{FASHION_2_EPOCHS} --depth 32 --variant blockdrop",
-    "fashion-mnist-resnet56-blockdrop": f"{FASHION_2_EPOCHS} --depth 56 --variant blockdrop",
-}
-"""Name -> training arguments of a shipped file that an older recipe made (the file's recorded command); ``ship``
-of a retrained checkpoint replaces the file, and its entry here goes."""
+``train`` runs, and what made each shipped file (its sidecar records the command)."""
 
 
-def command(name: str, shipped: bool = False) -> str:
-    """The command that trains ``name`` into the package (``shipped``: the one that made the file shipped now)."""
-    args = OLDER_RECIPE.get(name, SHIPPED[name]) if shipped else SHIPPED[name]
-    return f"python -m cim_gym.backbones.train {args} --ship"
+def command(name: str) -> str:
+    """The command that trains ``name`` into the package."""
+    return f"python -m cim_gym.backbones.train {SHIPPED[name]} --ship"
 
 
 def canonical_command(args: str) -> str:
@@ -77,7 +67,7 @@ def train(names: Sequence[str], threads: int, skip_existing: bool = False, out: 
     from cim_gym.backbones.train import main
 
     for name in names:
-        if skip_existing and (SHIPPED_DIR / f"{name}.json").is_file() and name not in OLDER_RECIPE:
+        if skip_existing and (SHIPPED_DIR / f"{name}.json").is_file():
             print(f"=== {name}: already shipped, skipped", flush=True)
             continue
         args = shlex.split(SHIPPED[name]) + (["--ship"] if out is None else ["--out", str(out)]) + ["--no-progress"]
@@ -134,9 +124,7 @@ def table() -> str:
         epochs, floats = training["settings"]["epochs"], training["settings"].get("float_epochs", 0)
         wall = training.get("wall_seconds")
         minutes = f"{wall / 60:.0f}" if wall is not None else "-"
-        cmd = f"`{command(name, shipped=True)}`"
-        if name in OLDER_RECIPE:
-            cmd += f" (older recipe; the driver now trains `{command(name)}`)"
+        cmd = f"`{command(name)}`"
         rows.append(f"| {name} | {size} | {acc['test']:.2f} | {fmt('test_keep_1_3')} | {fmt('test_keep_2_3')} | "
                     f"{exits} | {floats} + {epochs - floats} | {minutes} | {cmd} |")
     return "\n".join(rows)
@@ -151,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--name", nargs="+", default=None, help="only these checkpoints")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     t.add_argument("--skip-existing", action="store_true",
-                   help="skip checkpoints already in the package (unless an older recipe made them)")
+                   help="skip checkpoints already in the package")
     t.add_argument("--out", default=None,
                    help="write the checkpoints to this folder instead of the package (check them, then `ship` them)")
     sh = sub.add_parser("ship", help="check checkpoints trained into a folder, then copy them into the package")

@@ -8,7 +8,7 @@ import pytest
 
 from cim_gym.backbones import list_backbones, load_backbone
 from cim_gym.backbones.checkpoint import SHIPPED_DIR
-from cim_gym.backbones.shipped import OLDER_RECIPE, SHIPPED, canonical_command
+from cim_gym.backbones.shipped import SHIPPED, canonical_command
 from cim_gym.backbones.train import evaluate, parse_args
 from cim_gym.backbones.train import main as train_main
 from cim_gym.data import DatasetNotFoundError, load_dataset
@@ -25,12 +25,11 @@ def test_the_digits_set_is_shipped() -> None:
 
 
 def test_the_driver_trains_what_is_shipped() -> None:
-    """Every shipped file was made by its recorded driver command (an older recipe's until it is retrained), and
-    every driver command makes a checkpoint of the entry's name."""
-    assert set(OLDER_RECIPE) <= set(SHIPPED)
+    """Every shipped file was made by its recorded driver command, and every driver command makes a checkpoint of
+    the entry's name."""
     for name in SHIPPED_NAMES:
         meta = json.loads((SHIPPED_DIR / f"{name}.json").read_text())
-        assert meta["training"]["command"] == canonical_command(OLDER_RECIPE.get(name, SHIPPED[name])), name
+        assert meta["training"]["command"] == canonical_command(SHIPPED[name]), name
     for name, args in SHIPPED.items():
         assert parse_args(shlex.split(args)).name == name
 
