@@ -91,6 +91,7 @@ def test_readme_evaluate_commands_parse() -> None:
 @pytest.mark.parametrize(("block", "summary"), [
     ("evaluation-digits", "benchmarks/results/evaluation_digits/summary.md"),
     ("results-fashion-mnist-programming", "results/fashion-mnist/programming/summary.md"),
+    ("results-fashion-mnist-programming-exits", "results/fashion-mnist/programming-exits/summary.md"),
     ("results-fashion-mnist-output", "results/fashion-mnist/output/summary.md"),
 ])
 def test_readme_result_tables_are_the_stored_results(block: str, summary: str) -> None:
