@@ -1,10 +1,11 @@
 """How depth and noise interact: accuracy of every backbone depth vs the level of each noise source.
 
     python -m cim_gym.evaluation.noise_study --dataset fashion-mnist --depths 8 20 32 56 --chips 5
+    python -m cim_gym.evaluation.noise_study --depths 20 56 --recipes standard no-stochastic-depth seed1
 
-For each depth (a shipped or cached block-drop backbone, all blocks run) and each noise source of the simulator,
-programme ``--chips`` chips per level (seeds 0..chips-1, the same seeds for every depth) and measure test accuracy
-on a fixed subset of the test split:
+For each training recipe and depth (a shipped or cached block-drop backbone, all blocks run; a multi-exit one with
+``--variant multiexit``: its last exit) and each noise source of the simulator, programme ``--chips`` chips per level
+(seeds 0..chips-1, the same seeds for every backbone) and measure test accuracy on a fixed subset of the test split:
 
 - ``programming``: programming variation sigma (per cell, fixed per chip; ``CIMConfig.variation``, relative);
 - ``read``: cycle-to-cycle read noise (relative, drawn at every forward call and shared by the images of that
@@ -13,8 +14,9 @@ on a fixed subset of the test split:
 - ``adc``: ADC precision in bits, calibrated range, no other noise (deterministic: one chip per level).
 
 Everything else is the backbone's own quantization config (ideal ADC, no drift) unless ``--preset`` names a
-hardware preset. Writes ``<out>.csv`` (one row per depth, source, level, chip) and ``<out>.png`` (mean and range
-over chips). Nothing is tuned toward an expected outcome: the levels are fixed grids given on the command line.
+hardware preset. Writes ``<out>.csv`` (one row per backbone, source, level, chip) and ``<out>.png`` (mean and range
+over chips), and prints one Markdown table per source (mean over chips; ``--replot`` redraws both from the CSV).
+Nothing is tuned toward an expected outcome: the levels are fixed grids given on the command line.
 
 Unlike a sigma sweep (:mod:`cim_gym.evaluation.sweep`), a level here is not always a noise std (ADC bits), read
 noise is evaluated in small batches to average many draws, and chip seeds are 0..chips-1 (the seeds of the recorded
@@ -45,6 +47,8 @@ DEFAULT_LEVELS: dict[str, list[float]] = {
 }
 SOURCES = tuple(DEFAULT_LEVELS)
 READ_NOISE_BATCH = 25
+BackboneKey = tuple[int, str]
+"""(depth, recipe) of one backbone of a study."""
 
 
 def chip_config(base: Any, source: str, level: float) -> tuple[Any, float]:
@@ -70,9 +74,19 @@ def subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     return torch.as_tensor(image_subset(len(labels), n, seed))
 
 
+def load_backbones(dataset: str, depths: Sequence[int], variant: str = "blockdrop",
+                   recipes: Sequence[str] = ("standard",), folder: str | None = None) -> list[tuple[BackboneKey, Any]]:
+    """((depth, recipe), backbone) of every recipe and depth, all loaded before a study starts: a missing or malformed
+    one fails in seconds (``load_backbone``'s ValueError or BackboneNotFoundError), not hours into it."""
+    from cim_gym.backbones import load_backbone
+
+    return [((depth, recipe), load_backbone(dataset, depth=depth, variant=variant, recipe=recipe, folder=folder))
+            for recipe in recipes for depth in depths]
+
+
 def run_study(
     dataset: str,
-    depths: Sequence[int],
+    backbones: Sequence[tuple[BackboneKey, Any]],
     sources: Sequence[str],
     levels: dict[str, list[float]],
     chips: int,
@@ -81,10 +95,7 @@ def run_study(
     calibration_images: int,
     preset: str | None,
     out: Path,
-    variant: str = "blockdrop",
-    checkpoint_dir: str | None = None,
 ) -> list[dict[str, Any]]:
-    from cim_gym.backbones import load_backbone
     from cim_gym.backbones.train import evaluate
     from cim_gym.data import load_dataset
     from cim_gym.hardware import get_preset
@@ -95,13 +106,12 @@ def run_study(
     data = None
     # rows go to a ".partial" file as they come (a long study can be watched); it replaces the CSV only when done
     csv_path, partial = out.with_suffix(".csv"), out.with_suffix(".csv.partial")
-    fields = ["dataset", "depth", "variant", "source", "level", "chip_seed", "accuracy", "n_images", "seconds"]
-    points = len(depths) * sum(chips_at(s, v, chips) for s in sources for v in levels[s])
+    fields = ["dataset", "depth", "variant", "recipe", "source", "level", "chip_seed", "accuracy", "n_images", "seconds"]
+    points = len(backbones) * sum(chips_at(s, v, chips) for s in sources for v in levels[s])
     with open(partial, "w", newline="") as f, tqdm(total=points, desc=f"{dataset} noise study", unit="chip") as bar:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        for depth in depths:
-            bb = load_backbone(dataset, depth=depth, variant=variant, folder=checkpoint_dir)
+        for (depth, recipe), bb in backbones:
             if data is None:
                 m = bb.meta["dataset"]
                 data = load_dataset(dataset, val_fraction=m["val_fraction"], seed=m["split_seed"])
@@ -122,7 +132,7 @@ def run_study(
                         # independent draws; the expected accuracy is the same either way
                         bs = READ_NOISE_BATCH if source == "read" else 500
                         acc = float(evaluate(chip, x, y, batch_size=bs).flatten()[-1])
-                        row = {"dataset": dataset, "depth": depth, "variant": variant, "source": source,
+                        row = {"dataset": dataset, "depth": depth, "variant": bb.variant, "recipe": recipe, "source": source,
                                "level": level, "chip_seed": seed, "accuracy": round(acc, 3), "n_images": len(y),
                                "seconds": round(time.perf_counter() - t0, 2)}
                         writer.writerow(row)
@@ -135,15 +145,39 @@ def run_study(
     return rows
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[tuple[str, int], list[tuple[float, float, float, float]]]:
-    """(source, depth) -> [(level, mean, min, max)] over chips."""
-    groups: dict[tuple[str, int, float], list[float]] = {}
+def backbone_of(row: dict[str, Any]) -> BackboneKey:
+    return int(row["depth"]), row.get("recipe") or "standard"  # rows of older CSVs have no recipe: the standard one
+
+
+def label(backbone: BackboneKey) -> str:
+    """``ResNet-<depth>``, followed by the recipe unless it is the standard one."""
+    depth, recipe = backbone
+    return f"ResNet-{depth}" + ("" if recipe == "standard" else f" ({recipe})")
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[BackboneKey, list[tuple[float, float, float, float, int]]]]:
+    """source -> backbone -> [(level, mean, min, max, chips)] over chips, sources and backbones in row order."""
+    groups: dict[str, dict[BackboneKey, dict[float, list[float]]]] = {}
     for r in rows:
-        groups.setdefault((r["source"], int(r["depth"]), float(r["level"])), []).append(float(r["accuracy"]))
-    out: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
-    for (source, depth, level), accs in sorted(groups.items()):
-        out.setdefault((source, depth), []).append((level, sum(accs) / len(accs), min(accs), max(accs)))
-    return out
+        by_level = groups.setdefault(r["source"], {}).setdefault(backbone_of(r), {})
+        by_level.setdefault(float(r["level"]), []).append(float(r["accuracy"]))
+    return {source: {bb: [(lv, sum(a) / len(a), min(a), max(a), len(a)) for lv, a in by_level.items()]
+                     for bb, by_level in per_bb.items()} for source, per_bb in groups.items()}
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """One Markdown table per noise source: mean test accuracy (%) over the chips of each point."""
+    parts = []
+    for source, per_bb in summarize(rows).items():
+        points = next(iter(per_bb.values()))
+        images = next(r["n_images"] for r in rows if r["source"] == source)
+        chips = max(p[4] for pts in per_bb.values() for p in pts)
+        head = [f"{source}: mean test accuracy (%) over {chips} chip{'s' if chips > 1 else ''} per point "
+                f"(one where nothing is random), {images} test images", "",
+                "| backbone | " + " | ".join(f"{p[0]:g}" for p in points) + " |", "| --- |" + " --- |" * len(points)]
+        body = [f"| {label(bb)} | " + " | ".join(f"{p[1]:.1f}" for p in pts) + " |" for bb, pts in per_bb.items()]
+        parts.append("\n".join(head + body))
+    return "\n\n".join(parts)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -153,26 +187,28 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     summary = summarize(rows)
-    sources = [s for s in SOURCES if any(k[0] == s for k in summary)]
+    sources = [s for s in SOURCES if s in summary]
     fig, axes = plt.subplots(1, len(sources), figsize=(4.2 * len(sources), 3.6), squeeze=False)
     labels = {"programming": "programming variation sigma", "read": "read noise (relative std)",
               "output": "output noise (fraction of range)", "adc": "ADC bits"}
+    backbones = list(dict.fromkeys(backbone_of(r) for r in rows))
+    depths = sorted({bb[0] for bb in backbones})
+    recipes = list(dict.fromkeys(bb[1] for bb in backbones))
     for ax, source in zip(axes[0], sources):
-        for (src, depth), pts in sorted(summary.items(), key=lambda kv: kv[0][1]):
-            if src != source:
-                continue
+        for bb, pts in summary[source].items():
             lv = [p[0] for p in pts]
             if source == "adc":  # bit counts as evenly spaced categories, finest first
                 bits = sorted(lv, reverse=True)
                 ax.set_xticks(range(len(bits)), [f"{b:g}" for b in bits])
                 lv = [bits.index(b) for b in lv]
-            ax.plot(lv, [p[1] for p in pts], marker="o", label=f"ResNet-{depth}")
-            ax.fill_between(lv, [p[2] for p in pts], [p[3] for p in pts], alpha=0.2)
+            style = dict(color=f"C{depths.index(bb[0]) % 10}", linestyle=["-", "--", ":", "-."][recipes.index(bb[1]) % 4])
+            ax.plot(lv, [p[1] for p in pts], marker="o", label=label(bb), **style)
+            ax.fill_between(lv, [p[2] for p in pts], [p[3] for p in pts], alpha=0.15, color=style["color"])
         ax.set_xlabel(labels[source])
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{path.stem}: accuracy vs noise by depth (mean, band = min..max over chips)")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{path.stem}: accuracy vs noise by backbone (mean, band = min..max over chips)")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
@@ -184,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dataset", default="fashion-mnist", help="data set of the backbones (default fashion-mnist)")
     p.add_argument("--depths", type=int, nargs="+", default=[8, 20, 32, 56], help="backbone depths (default 8 20 32 56)")
     p.add_argument("--variant", default="blockdrop", help="backbone variant (default blockdrop)")
+    p.add_argument("--recipes", nargs="+", default=["standard"],
+                   help="training recipes of the backbones, e.g. standard no-stochastic-depth seed1 (default standard)")
     p.add_argument("--checkpoint-dir", default=None,
                    help="load the backbones from this folder only (default: shipped, then the user cache)")
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES, help="noise sources (default all)")
@@ -192,26 +230,47 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help=f"levels of {source} (default {' '.join(map(str, DEFAULT_LEVELS[source]))})")
     p.add_argument("--chips", type=int, default=5, help="chips (seeds) per noisy level")
     p.add_argument("--images", type=int, default=2000, help="test images per point, fast path (0: all)")
-    p.add_argument("--images-exact", type=int, default=500, help="test images per point for read noise and ADC")
+    p.add_argument("--images-exact", type=int, default=500, help="test images per point for read noise and ADC (0: all)")
     p.add_argument("--calibration-images", type=int, default=1024,
                    help="training images that calibrate output and ADC ranges (min/max: too few clip later images)")
     p.add_argument("--preset", default=None, help="hardware preset as the base config (default: the backbone's)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/noise_study_<dataset>)")
-    p.add_argument("--replot", action="store_true", help="only redraw the PNG from an existing CSV")
+    p.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/"
+                   "noise_study_<dataset>, then _<variant> unless blockdrop, then _<recipes> unless standard)")
+    p.add_argument("--replot", action="store_true", help="only redraw the PNG and print the tables from the CSV")
     a = p.parse_args(argv)
+    for name, least in (("chips", 1), ("images", 0), ("images_exact", 0), ("calibration_images", 1), ("threads", 0)):
+        if getattr(a, name) < least:
+            p.error(f"--{name.replace('_', '-')} {getattr(a, name)} is not allowed: expected an integer >= {least}")
+    for source in ("programming", "read", "output"):
+        bad = [v for v in getattr(a, f"{source}_levels") if not 0 <= v < float("inf")]
+        if bad:
+            p.error(f"--{source}-levels {bad[0]} is not allowed: expected finite numbers >= 0")
+    bad = [v for v in a.adc_levels if v != int(v) or not 1 <= v <= 32]
+    if bad:
+        p.error(f"--adc-levels {bad[0]} is not allowed: expected whole numbers of bits from 1 to 32")
     if a.threads:
         torch.set_num_threads(a.threads)
-    out = Path(a.out) if a.out else Path("benchmarks") / "results" / f"noise_study_{a.dataset}"
+    suffix = ("" if a.variant == "blockdrop" else f"_{a.variant}") + (
+        "" if a.recipes == ["standard"] else "_" + "_".join(a.recipes))
+    out = Path(a.out) if a.out else Path("benchmarks") / "results" / f"noise_study_{a.dataset}{suffix}"
     if a.replot:
+        if not out.with_suffix(".csv").is_file():
+            p.error(f"--replot: no study at {out.with_suffix('.csv')} (--out names it without the suffix)")
         with open(out.with_suffix(".csv")) as f:
-            plot(list(csv.DictReader(f)), out.with_suffix(".png"))
-        return 0
-    levels = {s: getattr(a, f"{s}_levels") for s in SOURCES}
-    levels["adc"] = [int(v) for v in levels["adc"]]
-    run_study(a.dataset, a.depths, a.sources, levels, a.chips, a.images, a.images_exact, a.calibration_images,
-              a.preset, out, a.variant, a.checkpoint_dir)
-    print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
+            rows = list(csv.DictReader(f))
+        plot(rows, out.with_suffix(".png"))
+    else:
+        levels = {s: getattr(a, f"{s}_levels") for s in SOURCES}
+        levels["adc"] = [int(v) for v in levels["adc"]]
+        try:
+            backbones = load_backbones(a.dataset, a.depths, a.variant, a.recipes, a.checkpoint_dir)
+        except (ValueError, FileNotFoundError) as exc:  # load_backbone's message names what is wrong and what exists
+            p.error(str(exc))
+        rows = run_study(a.dataset, backbones, a.sources, levels, a.chips, a.images, a.images_exact,
+                         a.calibration_images, a.preset, out)
+    print(markdown(rows))
+    print(f"\nwrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
     return 0
 
 

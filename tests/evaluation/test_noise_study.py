@@ -3,10 +3,12 @@
 import csv
 from pathlib import Path
 
-from cim_gym.evaluation.noise_study import main
+import pytest
+
+from cim_gym.evaluation.noise_study import main, markdown
 
 
-def test_noise_study_writes_csv_and_png(tmp_path: Path) -> None:
+def test_noise_study_writes_csv_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "study"
     main(["--dataset", "digits", "--depths", "8", "14", "--chips", "2", "--images", "100", "--images-exact", "40",
           "--programming-levels", "0", "0.1", "--read-levels", "0", "0.05", "--output-levels", "0", "0.05",
@@ -14,9 +16,37 @@ def test_noise_study_writes_csv_and_png(tmp_path: Path) -> None:
     rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
     assert out.with_suffix(".png").stat().st_size > 1000
     assert {r["source"] for r in rows} == {"programming", "read", "output", "adc"}
-    assert {r["depth"] for r in rows} == {"8", "14"}
+    assert {r["depth"] for r in rows} == {"8", "14"} and {r["recipe"] for r in rows} == {"standard"}
+    printed = capsys.readouterr().out
+    assert "| backbone | 0 | 0.1 |" in printed and "| ResNet-14 |" in printed  # a Markdown table per source
     # zero noise and ADC points are deterministic: one chip; noisy points: one row per chip
     noisy = [r for r in rows if r["source"] == "programming" and float(r["level"]) > 0 and r["depth"] == "8"]
     assert sorted(r["chip_seed"] for r in noisy) == ["0", "1"]
     clean = [r for r in rows if r["source"] == "programming" and float(r["level"]) == 0]
     assert all(float(r["accuracy"]) > 90 for r in clean)
+
+
+def test_the_tables_tell_recipes_apart_and_read_older_csvs() -> None:
+    rows = [{"source": "programming", "depth": d, "recipe": r, "level": lv, "accuracy": acc, "n_images": 100}
+            for d, r, accs in ((20, "standard", (90, 80)), (20, "no-stochastic-depth", (91, 60)))
+            for lv, acc in zip((0.0, 0.1), accs)]
+    rows.append({"source": "programming", "depth": 20, "recipe": "no-stochastic-depth", "level": 0.1, "accuracy": 70,
+                 "n_images": 100})  # a second chip
+    rows += [{"source": "adc", "depth": 8, "level": 5, "accuracy": 50.0, "n_images": 30}]  # no recipe column
+    text = markdown(rows)
+    assert "| ResNet-20 | 90.0 | 80.0 |" in text and "| ResNet-20 (no-stochastic-depth) | 91.0 | 65.0 |" in text
+    assert "over 2 chips per point" in text and "| ResNet-8 | 50.0 |" in text and "over 1 chip per point" in text
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--chips", "0"], "--chips 0"), (["--images", "-1"], "--images -1"),
+    (["--programming-levels", "0", "-0.1"], "--programming-levels -0.1"), (["--adc-levels", "4.5"], "--adc-levels 4.5"),
+    (["--dataset", "digits", "--recipes", "seed7"], "recipe 'seed7'"),
+    (["--dataset", "digits", "--recipes", "sometimes"], "recipe='sometimes'"),
+])
+def test_bad_options_are_named_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    argv: list[str], named: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--out", str(tmp_path / "study")])
+    assert exc.value.code == 2 and named in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
