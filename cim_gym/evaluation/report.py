@@ -5,8 +5,9 @@
   fingerprint. Oracle rows (role "oracle") name the method they picked in ``choice``.
 - ``summary.md``: per method and sigma the mean and 95 % interval over chips; per method the grid mean and the
   worst sigma; compute; paired differences (per chip) of every noise-aware, sigma-hidden and oracle method
-  against every baseline; what observing sigma or the chip buys (each policy against its less-observing twin, per
-  chip and across training seeds); each policy's distance to each oracle; where the noise-aware methods do not win.
+  against every baseline, and of each fixed depth against the next shallower one; what observing sigma or the chip
+  buys (each policy against its less-observing twin, per chip and across training seeds); each policy's distance to
+  each oracle; where the noise-aware methods do not win.
 - ``accuracy_vs_sigma.png`` (bands: 95 % intervals over chips), ``compute_vs_sigma.png``, ``pareto.png`` (per
   sigma, accuracy against total MACs, the Pareto front drawn), ``path_vs_sigma.png`` (blocks run or exit taken by
   each dynamic method per sigma).
@@ -225,6 +226,12 @@ def summary_markdown(result: Any, rows: Sequence[dict[str, Any]], notes: Sequenc
     candidates = [m for m in methods if role[m] in ("noise-aware", "sigma-hidden", "chip-aware", "oracle")]
     lines += _paired_table("Paired differences in accuracy (points)", "the method minus the baseline on the very "
                            "same chips and images.", "minus", [(m, b) for m in candidates for b in baselines], acc, head)
+    fixed = sorted((m for m in methods if any(r["method"] == m and r["family"] == "fixed" for r in rows)),
+                   key=lambda m: np.nanmean(_blocks_of(rows, m)))
+    if len(fixed) > 1:  # the proposal's premise, measured: does the deeper model lose more under noise?
+        lines += _paired_table("Deeper against shallower fixed models (points)", "the deeper fixed model minus the "
+                               "next shallower one, all blocks run, on the very same chips and images.", "minus",
+                               list(zip(fixed[1:], fixed[:-1])), acc, head)
     learned = [m for m in methods if role[m] in ("noise-aware", "sigma-hidden", "chip-aware")]
     oracles = [m for m in methods if role[m] == "oracle"]
     if learned and oracles:
@@ -257,6 +264,11 @@ def summary_markdown(result: Any, rows: Sequence[dict[str, Any]], notes: Sequenc
     if notes or cfg.get("skipped"):
         lines += ["", "## Left out", ""] + [f"- {n}" for n in [*notes, *cfg.get("skipped", [])]]
     return "\n".join(lines) + "\n"
+
+
+def _blocks_of(rows: Sequence[dict[str, Any]], method: str) -> list[float]:
+    """Blocks run by ``method`` in each of its rows (NaN where it has none)."""
+    return [float("nan") if r["blocks"] is None else float(r["blocks"]) for r in rows if r["method"] == method]
 
 
 def split_seed(method: str) -> tuple[str, int]:
