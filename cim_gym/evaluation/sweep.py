@@ -160,8 +160,10 @@ def _backbone_source(folder: str | None) -> str:
 def policy_config_problems(spec: SweepSpec, depth: int, env_config: Mapping[str, Any],
                            backbone_sha256: str | None = None, variant: str = "blockdrop") -> list[str]:
     """What differs between the environment a policy was trained on and this sweep (data set, backbone depth, noise
-    source, CIM config apart from the swept noise level, backbone folder and recipe, and, when the policy recorded
-    it, the backbone checkpoint's content hash); empty when it may be evaluated here."""
+    source, CIM config apart from the swept noise level, backbone folder and recipe, a sweep grid beyond the sigmas it
+    was trained on, and, when the policy recorded it, the backbone checkpoint's content hash); empty when it may be
+    evaluated here."""
+    from cim_gym.envs.config import EnvConfig
     from cim_gym.envs.core import resolve_cim
 
     problems = []
@@ -185,6 +187,12 @@ def policy_config_problems(spec: SweepSpec, depth: int, env_config: Mapping[str,
         problems.append(f"backbones {theirs_folder} (sweep: {mine_folder})")
     if backbone_kwargs.get("recipe", "standard") != "standard":
         problems.append(f"backbone recipe {backbone_kwargs['recipe']!r} (sweep: 'standard')")
+    trained = env_config.get("sigmas") or env_config.get("sigma_range", EnvConfig.sigma_range)
+    lo, hi = min(trained), max(trained)
+    if hi > 0 and (spec.sigmas[0] < lo - 1e-9 or spec.sigmas[-1] > hi + 1e-9):
+        # a policy trained at sigma 0 only is the original BlockDrop: running it on noisy chips is the point
+        problems.append(f"trained on sigma {lo:g} to {hi:g} (sweep: {spec.sigmas[0]:g} to {spec.sigmas[-1]:g}): a "
+                        "policy is evaluated only within the sigmas it was trained on")
     if backbone_sha256 is not None and not problems:
         mine_sha = _checkpoint_sha256(spec, int(depth), variant)
         if mine_sha is not None and mine_sha != backbone_sha256:

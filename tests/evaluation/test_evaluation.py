@@ -146,6 +146,7 @@ def test_outputs_are_written_and_parse(sweep: Any) -> None:
                     "## Pareto front"):
         assert heading in summary
     assert "| aware | fixed-resnet14 |" in summary
+    assert "## Deeper against shallower fixed models" in summary and "| fixed-resnet14 | fixed-resnet8 |" in summary
     assert "| aware | hidden | sigma |" in summary and f"| aware | {ORACLE_STATIC_CHIP} |" in summary
     assert config["comparisons"] == [["aware", "hidden", "sigma"]]
     for name in ("accuracy_vs_sigma.png", "compute_vs_sigma.png", "pareto.png", "path_vs_sigma.png"):
@@ -254,7 +255,7 @@ def test_a_policy_trained_on_a_backbone_retrained_since_is_refused() -> None:
     trained_on = env.unwrapped.backbone_sha256
     env.close()
     assert trained_on == json.loads((SHIPPED_DIR / "digits-resnet14-blockdrop.json").read_text())["sha256"]
-    config = {"dataset": "digits", "depth": 14}
+    config = {"dataset": "digits", "depth": 14, "sigma_range": (0.0, 0.2)}
     assert policy_config_problems(SPEC, 14, config, trained_on) == []
     assert "retrained after the policy" in policy_config_problems(SPEC, 14, config, "0" * 64)[0]
     with pytest.raises(ValueError, match="retrained after the policy"):
@@ -289,6 +290,31 @@ def test_default_grid_is_measured_where_the_deepest_model_halves() -> None:
     grid = grid_from_limit(limit)
     assert len(grid) >= 8 and grid[0] == 0.0 and grid[-1] == limit
     assert default_grid("digits", "programming") == grid_from_limit(0.19)  # recorded, not re-measured
+
+
+def test_a_policy_is_evaluated_only_within_the_sigmas_it_was_trained_on() -> None:
+    from cim_gym.evaluation.sweep import policy_config_problems
+
+    base = {"dataset": "digits", "depth": 14}
+    for trained in ({"sigma_range": (0.0, 0.2)}, {"sigmas": (0.0, 0.1, 0.2)}, {"sigmas": (0.0,)}):  # the last: ideal
+        assert policy_config_problems(SPEC, 14, {**base, **trained}) == [], trained
+    for trained in ({"sigma_range": (0.0, 0.12)}, {}, {"sigmas": (0.05, 0.2)}):  # {}: the default range, 0 to 0.15
+        problems = policy_config_problems(SPEC, 14, {**base, **trained})
+        assert len(problems) == 1 and "(sweep: 0 to 0.2)" in problems[0], (trained, problems)
+
+
+def test_recorded_grids_were_measured_on_the_backbones_shipped_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retrained deepest backbone makes its data set's recorded limits stale: this fails until they are measured
+    again (python evaluate.py --measure-grid) and recorded with the new hash; meanwhile default_grid measures."""
+    import cim_gym.evaluation.grids as grids
+
+    assert {d for d, _ in grids.MEASURED_LIMITS} == set(grids.MEASURED_ON)
+    for dataset, sha in grids.MEASURED_ON.items():
+        assert grids.deepest_backbone_sha256(dataset) == sha, f"{dataset}: re-measure MEASURED_LIMITS"
+    measured: list[str] = []
+    monkeypatch.setattr(grids, "measure_limit", lambda dataset, *a, **k: measured.append(dataset) or 0.07)
+    monkeypatch.setitem(grids.MEASURED_ON, "digits", "0" * 64)
+    assert grids.default_grid("digits", "programming") == grids.grid_from_limit(0.07) and measured == ["digits"]
 
 
 def test_a_cell_programs_its_chip_once_for_all_its_methods(monkeypatch: pytest.MonkeyPatch) -> None:
