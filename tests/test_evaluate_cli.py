@@ -118,6 +118,24 @@ def test_the_study_script_is_valid_bash_and_its_evaluate_options_exist() -> None
     assert options <= known, f"unknown options in the study script: {sorted(options - known)}"
 
 
+def test_the_backbone_script_is_valid_bash_and_its_options_exist(capsys: pytest.CaptureFixture) -> None:
+    import re
+    import subprocess
+
+    from cim_gym.backbones import shipped
+    from cim_gym.evaluation import noise_study, sigma_table
+
+    script = ROOT / "scripts" / "fashion_mnist_backbones.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    options = set(re.findall(r"(--[a-z][a-z-]+)", script.read_text()))
+    for main, argv in ((shipped.main, ["train", "--help"]), (sigma_table.main, ["--help"]),
+                       (noise_study.main, ["--help"])):
+        with pytest.raises(SystemExit):
+            main(argv)
+    known = set(re.findall(r"(--[a-z][a-z-]+)", capsys.readouterr().out))
+    assert options <= known, f"unknown options in the backbone script: {sorted(options - known)}"
+
+
 @pytest.mark.parametrize("grid", [["0.1", "0"], ["0", "0"], ["-0.1", "0"], ["0", "nan"]])
 def test_a_bad_grid_names_the_values(grid: list[str], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):

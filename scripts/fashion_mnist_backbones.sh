@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The backbone half of the Fashion-MNIST study (README "Pretrained backbones"): trains every shipped checkpoint that
+# is missing, its recipe variants included (each resumes from its run folder), then measures them on noisy chips.
+#
+#   bash scripts/fashion_mnist_backbones.sh
+#
+# Wall time with one thread, unhindered: ResNet-8 25 min, ResNet-20 45 min, ResNet-32 80 min, ResNet-56 2.4 h, the
+# multi-exit ResNet-32 1.6 h (per model, so the five standard ones and five variants take about 13 core-hours); the
+# sigma table 10 min, the depth-by-noise study about 1 h, each recipe study 1-2 h. Outputs: the checkpoints in
+# cim_gym/backbones/weights/, the CSVs and PNGs in benchmarks/results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m cim_gym.backbones.shipped train --dataset fashion-mnist --skip-existing --threads 1
+python -m cim_gym.evaluation.sigma_table --dataset fashion-mnist --images 1000 --threads 1
+STUDY=(python -m cim_gym.evaluation.noise_study --dataset fashion-mnist --chips 10 --images 1000 --images-exact 300
+       --threads 1)
+# depth against every noise source, the standard recipe
+"${STUDY[@]}" --depths 8 20 32 56
+# the recipe as a variable: a second training seed, and stochastic depth off (block-drop) or on (multi-exit)
+"${STUDY[@]}" --depths 20 56 --recipes standard seed1 no-stochastic-depth
+"${STUDY[@]}" --variant multiexit --depths 32 --recipes standard stochastic-depth
