@@ -172,8 +172,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         points = next(iter(per_bb.values()))
         images = next(r["n_images"] for r in rows if r["source"] == source)
         chips = max(p[4] for pts in per_bb.values() for p in pts)
-        head = [f"{source}: mean test accuracy (%) over {chips} chip{'s' if chips > 1 else ''} per point "
-                f"(one where nothing is random), {images} test images", "",
+        over = f"over {chips} chips per point (one at level 0: nothing is random)" if chips > 1 else "one chip per point"
+        head = [f"{source}: test accuracy (%), {over}, {images} test images", "",
                 "| backbone | " + " | ".join(f"{p[0]:g}" for p in points) + " |", "| --- |" + " --- |" * len(points)]
         body = [f"| {label(bb)} | " + " | ".join(f"{p[1]:.1f}" for p in pts) + " |" for bb, pts in per_bb.items()]
         parts.append("\n".join(head + body))
