@@ -169,13 +169,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     """One Markdown table per noise source: mean test accuracy (%) over the chips of each point."""
     parts = []
     for source, per_bb in summarize(rows).items():
-        points = next(iter(per_bb.values()))
+        levels = list(dict.fromkeys(p[0] for pts in per_bb.values() for p in pts))  # a cut-short study: "-" cells
         images = next(r["n_images"] for r in rows if r["source"] == source)
         chips = max(p[4] for pts in per_bb.values() for p in pts)
         over = f"over {chips} chips per point (one at level 0: nothing is random)" if chips > 1 else "one chip per point"
         head = [f"{source}: test accuracy (%), {over}, {images} test images", "",
-                "| backbone | " + " | ".join(f"{p[0]:g}" for p in points) + " |", "| --- |" + " --- |" * len(points)]
-        body = [f"| {label(bb)} | " + " | ".join(f"{p[1]:.1f}" for p in pts) + " |" for bb, pts in per_bb.items()]
+                "| backbone | " + " | ".join(f"{lv:g}" for lv in levels) + " |", "| --- |" + " --- |" * len(levels)]
+        body = []
+        for bb, pts in per_bb.items():
+            mean = {p[0]: p[1] for p in pts}
+            body.append(f"| {label(bb)} | " + " | ".join(f"{mean[lv]:.1f}" if lv in mean else "-" for lv in levels) + " |")
         parts.append("\n".join(head + body))
     return "\n\n".join(parts)
 
