@@ -226,8 +226,8 @@ def summary_markdown(result: Any, rows: Sequence[dict[str, Any]], notes: Sequenc
     candidates = [m for m in methods if role[m] in ("noise-aware", "sigma-hidden", "chip-aware", "oracle")]
     lines += _paired_table("Paired differences in accuracy (points)", "the method minus the baseline on the very "
                            "same chips and images.", "minus", [(m, b) for m in candidates for b in baselines], acc, head)
-    fixed = sorted((m for m in methods if any(r["method"] == m and r["family"] == "fixed" for r in rows)),
-                   key=lambda m: np.nanmean(_blocks_of(rows, m)))
+    family = {r["method"]: r["family"] for r in rows}
+    fixed = sorted((m for m in methods if family[m] == "fixed"), key=lambda m: np.nanmean(_blocks_of(rows, m)))
     if len(fixed) > 1:  # the proposal's premise, measured: does the deeper model lose more under noise?
         lines += _paired_table("Deeper against shallower fixed models (points)", "the deeper fixed model minus the "
                                "next shallower one, all blocks run, on the very same chips and images.", "minus",
