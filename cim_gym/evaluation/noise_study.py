@@ -18,6 +18,10 @@ hardware preset. Writes ``<out>.csv`` (one row per backbone, source, level, chip
 over chips), and prints one Markdown table per source (mean over chips; ``--replot`` redraws both from the CSV).
 Nothing is tuned toward an expected outcome: the levels are fixed grids given on the command line.
 
+A point is measured once: ``--reuse`` names CSVs of earlier studies (a cut-short one's ``<out>.csv.partial``, or a
+study of other recipes) whose rows are copied where everything that decides the number matches (backbone weights'
+SHA-256, source, level, chip seed, image count, preset, calibration images); every other point is measured.
+
 Unlike a sigma sweep (:mod:`cim_gym.evaluation.sweep`), a level here is not always a noise std (ADC bits), read
 noise is evaluated in small batches to average many draws, and chip seeds are 0..chips-1 (the seeds of the recorded
 studies in ``benchmarks/results``); the test images come from the same :func:`~cim_gym.evaluation.sweep.image_subset`.
@@ -47,6 +51,11 @@ DEFAULT_LEVELS: dict[str, list[float]] = {
 }
 SOURCES = tuple(DEFAULT_LEVELS)
 READ_NOISE_BATCH = 25
+FIELDS = ["dataset", "depth", "variant", "recipe", "source", "level", "chip_seed", "accuracy", "n_images", "seconds",
+          "backbone_sha256", "preset", "calibration_images"]
+# what decides a point's accuracy: a row of an earlier study with the same values is reused, not remeasured
+POINT_KEY = ("dataset", "backbone_sha256", "variant", "source", "level", "chip_seed", "n_images", "preset",
+             "calibration_images")
 BackboneKey = tuple[int, str]
 """(depth, recipe) of one backbone of a study."""
 
@@ -65,6 +74,22 @@ def chip_config(base: Any, source: str, level: float) -> tuple[Any, float]:
 def chips_at(source: str, level: float, chips: int) -> int:
     """Chips measured at one point: one where nothing is random (ADC, or a zero noise level)."""
     return 1 if source == "adc" or float(level) == 0.0 else chips
+
+
+def point_key(row: dict[str, Any]) -> tuple[str, ...]:
+    """The row's :data:`POINT_KEY` values as text, levels as numbers (``0.10`` and ``0.1`` are one level)."""
+    return tuple(f"{float(row[k]):g}" if k == "level" else str(row[k]) for k in POINT_KEY)
+
+
+def reusable_rows(paths: Sequence[Path]) -> dict[tuple[str, ...], dict[str, Any]]:
+    """Rows of earlier studies by point; rows of CSVs older than the backbone hash column cannot be matched."""
+    found: dict[tuple[str, ...], dict[str, Any]] = {}
+    for path in paths:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("backbone_sha256"):
+                    found.setdefault(point_key(row), row)
+    return found
 
 
 def subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
@@ -95,6 +120,7 @@ def run_study(
     calibration_images: int,
     preset: str | None,
     out: Path,
+    reuse: dict[tuple[str, ...], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     from cim_gym.backbones.train import evaluate
     from cim_gym.data import load_dataset
@@ -106,10 +132,10 @@ def run_study(
     data = None
     # rows go to a ".partial" file as they come (a long study can be watched); it replaces the CSV only when done
     csv_path, partial = out.with_suffix(".csv"), out.with_suffix(".csv.partial")
-    fields = ["dataset", "depth", "variant", "recipe", "source", "level", "chip_seed", "accuracy", "n_images", "seconds"]
+    reuse = reuse or {}
     points = len(backbones) * sum(chips_at(s, v, chips) for s in sources for v in levels[s])
     with open(partial, "w", newline="") as f, tqdm(total=points, desc=f"{dataset} noise study", unit="chip") as bar:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for (depth, recipe), bb in backbones:
             if data is None:
@@ -126,15 +152,21 @@ def run_study(
                 for level in levels[source]:
                     cfg, sigma = chip_config(base, source, level)
                     for seed in range(chips_at(source, level, chips)):
-                        t0 = time.perf_counter()
-                        chip = program(bb.model, cfg, sigma=sigma, seed=seed, calibration=cal)
-                        # read noise is drawn once per forward call (shared by a batch): small batches give more
-                        # independent draws; the expected accuracy is the same either way
-                        bs = READ_NOISE_BATCH if source == "read" else 500
-                        acc = float(evaluate(chip, x, y, batch_size=bs).flatten()[-1])
-                        row = {"dataset": dataset, "depth": depth, "variant": bb.variant, "recipe": recipe, "source": source,
-                               "level": level, "chip_seed": seed, "accuracy": round(acc, 3), "n_images": len(y),
-                               "seconds": round(time.perf_counter() - t0, 2)}
+                        row = {"dataset": dataset, "depth": depth, "variant": bb.variant, "recipe": recipe,
+                               "source": source, "level": level, "chip_seed": seed, "n_images": len(y),
+                               "backbone_sha256": bb.meta["sha256"][:16], "preset": preset or "",
+                               "calibration_images": calibration_images}
+                        earlier = reuse.get(point_key(row))
+                        if earlier is not None:
+                            row.update(accuracy=earlier["accuracy"], seconds=earlier["seconds"])
+                        else:
+                            t0 = time.perf_counter()
+                            chip = program(bb.model, cfg, sigma=sigma, seed=seed, calibration=cal)
+                            # read noise is drawn once per forward call (shared by a batch): small batches give more
+                            # independent draws; the expected accuracy is the same either way
+                            bs = READ_NOISE_BATCH if source == "read" else 500
+                            acc = float(evaluate(chip, x, y, batch_size=bs).flatten()[-1])
+                            row.update(accuracy=round(acc, 3), seconds=round(time.perf_counter() - t0, 2))
                         writer.writerow(row)
                         f.flush()
                         rows.append(row)
@@ -240,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/"
                    "noise_study_<dataset>, then _<variant> unless blockdrop, then _<recipes> unless standard)")
+    p.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="CSV",
+                   help="CSVs of earlier studies (e.g. a cut-short <out>.csv.partial): their matching points are "
+                        "copied, not remeasured")
     p.add_argument("--replot", action="store_true", help="only redraw the PNG and print the tables from the CSV")
     a = p.parse_args(argv)
     for name, least in (("chips", 1), ("images", 0), ("images_exact", 0), ("calibration_images", 1), ("threads", 0)):
@@ -264,6 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = list(csv.DictReader(f))
         plot(rows, out.with_suffix(".png"))
     else:
+        missing = [str(path) for path in a.reuse if not path.is_file()]
+        if missing:
+            p.error(f"--reuse {missing[0]} is not allowed: no such file (expected the CSV of an earlier study)")
+        reuse = reusable_rows(a.reuse)  # read before the study opens (and truncates) its own .partial file
         levels = {s: getattr(a, f"{s}_levels") for s in SOURCES}
         levels["adc"] = [int(v) for v in levels["adc"]]
         try:
@@ -271,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as exc:  # load_backbone's message names what is wrong and what exists
             p.error(str(exc))
         rows = run_study(a.dataset, backbones, a.sources, levels, a.chips, a.images, a.images_exact,
-                         a.calibration_images, a.preset, out)
+                         a.calibration_images, a.preset, out, reuse)
     print(markdown(rows))
     print(f"\nwrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
     return 0

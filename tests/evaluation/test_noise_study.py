@@ -50,3 +50,35 @@ def test_bad_options_are_named_before_anything_runs(tmp_path: Path, capsys: pyte
         main([*argv, "--out", str(tmp_path / "study")])
     assert exc.value.code == 2 and named in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_reuse_copies_matching_points_and_measures_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cim_gym.hardware.chip as chip_module
+
+    common = ["--dataset", "digits", "--depths", "8", "--sources", "programming", "--images", "60",
+              "--programming-levels", "0", "0.1"]
+    first = tmp_path / "first"
+    main([*common, "--chips", "2", "--out", str(first)])
+    before = {(r["level"], r["chip_seed"]): r for r in csv.DictReader(open(first.with_suffix(".csv")))}
+    assert len(before) == 3 and all(len(r["backbone_sha256"]) == 16 for r in before.values())
+
+    programmed: list[int] = []
+    real_program = chip_module.program
+    monkeypatch.setattr(chip_module, "program", lambda *a, **k: programmed.append(k["seed"]) or real_program(*a, **k))
+    second = tmp_path / "second"
+    main([*common, "--chips", "3", "--reuse", str(first.with_suffix(".csv")), "--out", str(second)])
+    after = {(r["level"], r["chip_seed"]): r for r in csv.DictReader(open(second.with_suffix(".csv")))}
+    assert programmed == [2]  # only the new chip is measured
+    assert all(after[k]["accuracy"] == r["accuracy"] for k, r in before.items())
+
+    programmed.clear()  # a different setting (image count) is a different point: nothing reused
+    main([*common[:6], "--images", "50", *common[8:], "--chips", "1", "--reuse", str(second.with_suffix(".csv")),
+          "--out", str(tmp_path / "third")])
+    assert programmed == [0, 0]
+
+
+def test_reuse_of_a_missing_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--dataset", "digits", "--reuse", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--reuse" in err and "nope.csv" in err and not (tmp_path / "s.csv").exists()
