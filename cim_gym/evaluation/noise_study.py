@@ -215,6 +215,38 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
+def parse_point(text: str) -> tuple[str, float]:
+    """``source=level`` (e.g. ``programming=0.1``) of ``--at``."""
+    source, _, level = text.partition("=")
+    try:
+        value = float(level)
+    except ValueError:
+        value = float("nan")
+    if source not in SOURCES or not value >= 0:
+        raise ValueError(f"--at {text!r} is not allowed: expected SOURCE=LEVEL with SOURCE one of {SOURCES} and "
+                         "LEVEL a number >= 0, e.g. programming=0.1")
+    return source, value
+
+
+def table_at(rows: list[dict[str, Any]], points: Sequence[tuple[str, float]]) -> str:
+    """One Markdown table, a row per backbone and a column per (source, level): mean accuracy over the chips, "-"
+    where the study has no such point; the first column is the clean accuracy (the first source's level 0)."""
+    summary = summarize(rows)
+    backbones = list(dict.fromkeys(backbone_of(r) for r in rows))
+    first = next(iter(summary))
+    cols = [(first, 0.0), *points]
+    head = ["| backbone | clean | " + " | ".join(f"{s} {lv:g}" for s, lv in points) + " |",
+            "| --- |" + " --- |" * len(cols)]
+    body = []
+    for bb in backbones:
+        cells = []
+        for source, level in cols:
+            mean = {p[0]: p[1] for p in summary.get(source, {}).get(bb, [])}
+            cells.append(f"{mean[level]:.1f}" if level in mean else "-")
+        body.append(f"| {label(bb)} | " + " | ".join(cells) + " |")
+    return "\n".join(head + body)
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -275,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="CSV",
                    help="CSVs of earlier studies (e.g. a cut-short <out>.csv.partial): their matching points are "
                         "copied, not remeasured")
+    p.add_argument("--at", nargs="+", default=[], metavar="SOURCE=LEVEL",
+                   help="also print one table of these points, a row per backbone (e.g. programming=0.1 adc=5)")
     p.add_argument("--replot", action="store_true", help="only redraw the PNG and print the tables from the CSV")
     a = p.parse_args(argv)
     for name, least in (("chips", 1), ("images", 0), ("images_exact", 0), ("calibration_images", 1), ("threads", 0)):
@@ -287,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [v for v in a.adc_levels if v != int(v) or not 1 <= v <= 32]
     if bad:
         p.error(f"--adc-levels {bad[0]} is not allowed: expected whole numbers of bits from 1 to 32")
+    try:
+        points = [parse_point(text) for text in a.at]
+    except ValueError as exc:
+        p.error(str(exc))
     if a.threads:
         torch.set_num_threads(a.threads)
     suffix = ("" if a.variant == "blockdrop" else f"_{a.variant}") + (
@@ -312,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = run_study(a.dataset, backbones, a.sources, levels, a.chips, a.images, a.images_exact,
                          a.calibration_images, a.preset, out, reuse)
     print(markdown(rows))
+    if points:
+        print("\n" + table_at(rows, points))
     print(f"\nwrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
     return 0
 

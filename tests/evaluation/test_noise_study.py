@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cim_gym.evaluation.noise_study import main, markdown
+from cim_gym.evaluation.noise_study import main, markdown, table_at
 
 
 def test_noise_study_writes_csv_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -38,11 +38,22 @@ def test_the_tables_tell_recipes_apart_and_read_older_csvs() -> None:
     assert "over 2 chips per point" in text and "| ResNet-8 | 50.0 |" in text and "one chip per point" in text
 
 
+def test_the_table_at_points_has_a_row_per_backbone_and_dashes_where_a_point_is_missing() -> None:
+    rows = [{"source": "programming", "depth": 20, "recipe": r, "level": lv, "accuracy": acc, "n_images": 100}
+            for r, accs in (("standard", (90, 50, 40)), ("seed1", (91, 60, 70))) for lv, acc in zip((0, 0.1, 0.1), accs)]
+    rows.append({"source": "adc", "depth": 20, "recipe": "standard", "level": 5, "accuracy": 70, "n_images": 30})
+    text = table_at(rows, [("programming", 0.1), ("adc", 5.0)])
+    assert "| backbone | clean | programming 0.1 | adc 5 |" in text
+    assert "| ResNet-20 | 90.0 | 45.0 | 70.0 |" in text and "| ResNet-20 (seed1) | 91.0 | 65.0 | - |" in text
+
+
 @pytest.mark.parametrize("argv, named", [
     (["--chips", "0"], "--chips 0"), (["--images", "-1"], "--images -1"),
     (["--programming-levels", "0", "-0.1"], "--programming-levels -0.1"), (["--adc-levels", "4.5"], "--adc-levels 4.5"),
     (["--dataset", "digits", "--recipes", "seed7"], "recipe 'seed7'"),
     (["--dataset", "digits", "--recipes", "sometimes"], "recipe='sometimes'"),
+    (["--at", "programming"], "--at 'programming'"), (["--at", "drift=0.1"], "--at 'drift=0.1'"),
+    (["--at", "read=-1"], "--at 'read=-1'"),
 ])
 def test_bad_options_are_named_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                     argv: list[str], named: str) -> None:
