@@ -13,9 +13,11 @@ For each training recipe and depth (a shipped or cached block-drop backbone, all
 - ``output``: Yang & Sze's additive output noise (fraction of each layer's calibrated output range);
 - ``adc``: ADC precision in bits, calibrated range, no other noise (deterministic: one chip per level).
 
-Everything else is the backbone's own quantization config (ideal ADC, no drift) unless ``--preset`` names a
-hardware preset. Writes ``<out>.csv`` (one row per backbone, source, level, chip) and ``<out>.png`` (mean and range
-over chips), and prints one Markdown table per source (mean over chips; ``--replot`` redraws both from the CSV).
+Everything else is the backbone's own quantization config (ideal ADC, no drift) unless ``--preset`` names a hardware
+preset. Output and ADC ranges are calibrated on the first ``--calibration-images`` training images of the data set's
+split seed 0, the same images for every backbone (a second training seed splits differently). Writes ``<out>.csv``
+(one row per backbone, source, level, chip) and ``<out>.png`` (mean and range over chips), and prints one Markdown
+table per source (mean over chips; ``--replot`` redraws both from the CSV).
 Nothing is tuned toward an expected outcome: the levels are fixed grids given on the command line.
 
 A point is measured once: ``--reuse`` names CSVs of earlier studies (a cut-short one's ``<out>.csv.partial``, or a
@@ -138,9 +140,8 @@ def run_study(
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for (depth, recipe), bb in backbones:
-            if data is None:
-                m = bb.meta["dataset"]
-                data = load_dataset(dataset, val_fraction=m["val_fraction"], seed=m["split_seed"])
+            if data is None:  # split seed 0 whatever the backbone's: every backbone calibrates on the same images
+                data = load_dataset(dataset, val_fraction=bb.meta["dataset"]["val_fraction"], seed=0)
             base = get_preset(preset).replace(weight_bits=bb.quant_config.weight_bits,
                                               input_bits=bb.quant_config.input_bits) if preset else bb.quant_config
             calib = data.train.images[:calibration_images]
