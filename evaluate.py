@@ -144,6 +144,14 @@ def mask_drops(depth: int) -> list[int]:
     return drops
 
 
+def run_status(folder: Path) -> str | None:
+    """The ``status`` a run folder's ``run.json`` records (None when it has none or cannot be read)."""
+    try:
+        return json.loads((folder / "run.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
 def load_policies(a: argparse.Namespace, sigmas: Sequence[float], spec: Any) -> tuple[list[Any], list[str]]:
     """The learned methods (standard run folders and ``--policies``) and the lines naming those skipped."""
     from cim_gym.evaluation import PolicyMethod, folder_hash
@@ -155,9 +163,14 @@ def load_policies(a: argparse.Namespace, sigmas: Sequence[float], spec: Any) -> 
         root = runs_root(a.dataset, a.noise_source, a.cim)
         for folder_name, name, seed in standard_runs(a):
             folder, cmd = root / folder_name, train_command(name, a, sigmas, seed=seed)
-            if not folder.is_dir() and a.train_missing:
-                cmd = train_command(name, a, sigmas, a.train_steps, seed) + ["--no-report"]
-                print(f"training missing {folder_name} with a small budget ({a.train_steps} steps): {shlex.join(cmd)}",
+            status = run_status(folder)
+            unfinished = status not in (None, "complete")
+            if a.train_missing and status != "complete":
+                # an interrupted run (a cut session) is finished with the same command, not skipped as unloadable
+                cmd = train_command(name, a, sigmas, a.train_steps, seed) + ["--no-report"] + (
+                    ["--resume"] if unfinished else [])
+                what = "finishing interrupted" if unfinished else "training missing"
+                print(f"{what} {folder_name} with a small budget ({a.train_steps} steps): {shlex.join(cmd)}",
                       flush=True)
                 subprocess.run([sys.executable, str(Path(__file__).resolve().parent / cmd[1]), *cmd[2:]], check=True)
             wanted.append((folder_name, folder, LEARNED[name][0], cmd))

@@ -79,6 +79,26 @@ def test_train_missing_runs_train_agent_with_a_small_budget(tmp_path: Path, monk
     assert "skipped branchynet: no multi-exit ResNet-110" in out
 
 
+def test_train_missing_finishes_an_interrupted_run_and_keeps_a_complete_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(evaluate.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    root = Path("runs/digits")
+    for name, status in (("blockdrop-bernoulli-sigma", "running"), ("blockdrop-bernoulli-nosigma", "complete")):
+        (root / name).mkdir(parents=True)
+        (root / name / "run.json").write_text(json.dumps({"status": status}))
+    args = ["--sigma-grid", "0", "0.1", "--chips", "2", "--images", "20", "--depths", "8", "--exit-depth", "0",
+            "--runs", "blockdrop-bernoulli-sigma", "blockdrop-bernoulli-nosigma", "blockdrop-bernoulli-chip",
+            "--train-missing", "--train-steps", "4096", "--no-progress", "--out", "ev"]
+    evaluate.main(args)
+    out = capsys.readouterr().out
+    resumed, fresh = ([c for c in calls if c[c.index("--out") + 1].endswith(n)]
+                      for n in ("/blockdrop-bernoulli-sigma", "/blockdrop-bernoulli-chip"))
+    assert len(calls) == 2 and "--resume" in resumed[0] and "--resume" not in fresh[0]
+    assert "finishing interrupted blockdrop-bernoulli-sigma" in out and "training missing blockdrop-bernoulli-chip" in out
+
+
 def test_readme_evaluate_commands_parse() -> None:
     import re
 
