@@ -275,6 +275,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         value, lo = getattr(a, name), 1 if name in ("chips", "train_steps") else 0
         if value < lo:
             p.error(f"--{name.replace('_', '-')} {value} is not allowed: expected an integer >= {lo}")
+    from cim_gym.data import DATASETS
+    from cim_gym.models import blocks_per_stage
+
+    if a.dataset not in DATASETS:
+        p.error(f"--dataset {a.dataset} is not allowed: expected one of {', '.join(sorted(DATASETS))}")
+    for option, depths in (("--depths", a.depths or ()), ("--blockdrop-depth", [a.blockdrop_depth]),
+                           ("--exit-depth", [a.exit_depth] if a.exit_depth else [])):
+        try:
+            [blocks_per_stage(d) for d in depths]
+        except ValueError as err:
+            p.error(f"{option} {' '.join(map(str, depths))} is not allowed: {str(err).split(': ', 1)[1]}")
+    n = blocks_per_stage(a.blockdrop_depth)
+    if a.mask_drops and not all(1 <= k < n for k in a.mask_drops):
+        p.error(f"--mask-drops {' '.join(map(str, a.mask_drops))} is not allowed: a ResNet-{a.blockdrop_depth} has "
+                f"{n} blocks per stage, so each value drops 1 to {n - 1} of them")
+    for option, share in (("--lenient", a.lenient), ("--strict", a.strict)):
+        if not 0 <= share <= 1:
+            p.error(f"{option} {share:g} is not allowed: expected a share of validation images in [0, 1]")
     unknown = sorted(set(a.runs or ()) - set(LEARNED))
     if unknown:
         p.error(f"--runs {' '.join(unknown)} is not allowed: expected standard run names, from {', '.join(LEARNED)}")
@@ -305,11 +323,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    a = parse_args(argv)
+    try:
+        return evaluate(a, command=shlex.join(["python", "evaluate.py", *(sys.argv[1:] if argv is None else argv)]))
+    except (ValueError, FileNotFoundError) as err:
+        # what only shows once the data and backbones are opened (a missing data set or checkpoint, a policy trained
+        # on another setting): a CLI error naming it, not a traceback
+        build_parser().error(str(err))
+
+
+def evaluate(a: argparse.Namespace, command: str) -> int:
+    """Run the evaluation ``a`` describes; ``command`` is recorded in its config.json."""
     from cim_gym.cli import cim_label
     from cim_gym.evaluation import EntropyExits, FixedDepth, StaticMask, SweepSpec, run_sweep
     from cim_gym.evaluation.grids import default_grid, grid_from_limit, measure_limit, shipped_depths
 
-    a = parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.measure_grid:
@@ -346,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"evaluating {len(methods)} methods on {a.dataset}, {a.noise_source} sigma grid "
           f"{' '.join(f'{s:g}' for s in sigmas)}, {a.chips} chips per sigma, into {out}", flush=True)
     result = run_sweep(spec, methods, out, workers=a.workers, ray_address=a.ray_address,
-                       command=shlex.join(["python", "evaluate.py", *(sys.argv[1:] if argv is None else argv)]),
+                       command=command,
                        skipped=skipped, progress=not a.no_progress,
                        comparisons=comparisons([m.name for m in learned]))
     resumed = len(result.cells) - result.ran

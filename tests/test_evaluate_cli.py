@@ -163,6 +163,24 @@ def test_a_bad_grid_names_the_values(grid: list[str], capsys: pytest.CaptureFixt
     assert "--sigma-grid" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--dataset", "foo"], "--dataset foo"), (["--depths", "8", "9"], "--depths 8 9"),
+    (["--blockdrop-depth", "10"], "--blockdrop-depth 10"), (["--exit-depth", "33"], "--exit-depth 33"),
+    (["--mask-drops", "3"], "--mask-drops 3"), (["--mask-drops", "0"], "--mask-drops 0"),
+    (["--lenient", "2"], "--lenient 2"), (["--strict", "nan"], "--strict nan")])
+def test_a_bad_option_is_a_cli_error_naming_it(argv: list[str], named: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.parse_args(argv)
+    assert exit_info.value.code == 2 and f"{named} is not allowed" in capsys.readouterr().err
+
+
+def test_a_missing_data_set_is_a_cli_error_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--dataset", "cifar10", "--data-root", str(tmp_path), "--sigma-grid", "0", "0.1",
+                       "--no-progress", "--out", str(tmp_path / "ev")])
+    assert exit_info.value.code == 2 and "cifar-10-batches-py" in capsys.readouterr().err
+
+
 def test_a_broken_run_folder_is_skipped_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
