@@ -174,11 +174,12 @@ def test_a_bad_option_is_a_cli_error_naming_it(argv: list[str], named: str, caps
     assert exit_info.value.code == 2 and f"{named} is not allowed" in capsys.readouterr().err
 
 
-def test_a_missing_data_set_is_a_cli_error_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_missing_checkpoint_is_a_cli_error_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        evaluate.main(["--dataset", "cifar10", "--data-root", str(tmp_path), "--sigma-grid", "0", "0.1",
+        evaluate.main(["--depths", "110", "--sigma-grid", "0", "0.1", "--exit-depth", "0", "--no-standard-runs",
                        "--no-progress", "--out", str(tmp_path / "ev")])
-    assert exit_info.value.code == 2 and "cifar-10-batches-py" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "digits-resnet110-blockdrop" in err and "Traceback" not in err
 
 
 def test_a_broken_run_folder_is_skipped_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -721,12 +721,18 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainSettings:
     for key in ("exit_weights", "exit_after"):
         if args[key] is not None:
             args[key] = tuple(args[key])
-    return TrainSettings(**args)
+    try:
+        return TrainSettings(**args)
+    except ValueError as err:
+        p.error(str(err))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
-    path = train_backbone(settings)
+    try:
+        path = train_backbone(settings)
+    except (ValueError, FileNotFoundError) as err:  # e.g. missing data, a run folder of other settings
+        raise SystemExit(f"python -m cim_gym.backbones.train: error: {err}") from None
     meta = json.loads(path.read_text())
     print(f"wrote {path}: {json.dumps(meta['accuracy'])}")
     return 0

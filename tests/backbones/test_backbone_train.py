@@ -210,13 +210,18 @@ def test_resume_at_the_float_to_qat_boundary_equals_an_uninterrupted_run(tmp_pat
     (["--noise-aware-training", "nan"], "noise_aware_sigma=nan"), (["--val-fraction", "1"], "val_fraction=1"),
     (["--weight-bits", "0"], "weight_bits"), (["--mask-eval-draws", "0"], "mask_eval_draws=0"),
     (["--device", "tpu"], "device='tpu'"), (["--threads", "-1"], "threads=-1"), (["--seed", "-1"], "seed=-1"),
+    (["--depth", "9"], "depth=9"), (["--dataset", "foo"], "dataset='foo'"),
 ])
-def test_bad_options_fail_before_training_and_leave_no_run_folder(tmp_path: Path, argv: list[str], named: str) -> None:
+def test_bad_options_fail_before_training_and_leave_no_run_folder(tmp_path: Path, argv: list[str], named: str,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    import re
+
     from cim_gym.backbones.train import main
 
     run = tmp_path / "run"
-    with pytest.raises(ValueError, match=named):
+    with pytest.raises(SystemExit) as exit_info:  # a CLI error naming the value, not a traceback
         main(["--dataset", "digits", "--depth", "8", "--run-dir", str(run), "--out", str(tmp_path / "out"), *argv])
+    assert exit_info.value.code == 2 and re.search(named, capsys.readouterr().err)
     assert not run.exists()
 
 
