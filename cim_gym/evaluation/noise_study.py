@@ -334,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "" if a.recipes == ["standard"] else "_" + "_".join(a.recipes))
     out = Path(a.out) if a.out else Path("benchmarks") / "results" / f"noise_study_{a.dataset}{suffix}"
     if a.replot:
+        if a.reuse:  # a replot measures nothing, so there is nothing to reuse: say so rather than ignore it
+            p.error("--reuse is not allowed with --replot: --replot only redraws the study at --out from its CSV")
         if not out.with_suffix(".csv").is_file():
             p.error(f"--replot: no study at {out.with_suffix('.csv')} (--out names it without the suffix)")
         with open(out.with_suffix(".csv")) as f:

@@ -93,3 +93,10 @@ def test_reuse_of_a_missing_file_is_named(tmp_path: Path, capsys: pytest.Capture
         main(["--dataset", "digits", "--reuse", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "--reuse" in err and "nope.csv" in err and not (tmp_path / "s.csv").exists()
+
+
+def test_reuse_with_replot_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "earlier.csv").write_text("dataset\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["--replot", "--reuse", str(tmp_path / "earlier.csv"), "--out", str(tmp_path / "s")])
+    assert exc.value.code == 2 and "--reuse is not allowed with --replot" in capsys.readouterr().err
