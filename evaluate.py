@@ -199,6 +199,12 @@ def load_policies(a: argparse.Namespace, sigmas: Sequence[float], spec: Any) -> 
         depth = policy.env_config.get("depth") or action_type_of(policy.env_id).default_depth
         sha = policy.meta.get("backbone_sha256")
         problems = policy_config_problems(spec, depth, policy.env_config, sha, action_type_of(policy.env_id).variant)
+        if problems and a.train_missing:
+            # --train-missing promises a report with every policy asked for: a stale one (e.g. trained over an older
+            # grid) is neither left out silently nor overwritten
+            again = "a standard run is then trained again" if cmd else "then retrain it or leave it out"
+            raise ValueError(f"--train-missing: {folder} was trained on another setting ({'; '.join(problems)}); "
+                             f"move it away ({again})")
         if problems:
             skipped.append(f"{name}: trained on another setting ({'; '.join(problems)})")
             continue
@@ -253,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these standard runs (default: all of --list-runs)")
     p.add_argument("--list-runs", action="store_true", help="print the standard run folders and their commands, exit")
     p.add_argument("--train-missing", action="store_true",
-                   help="train a missing standard run folder first (train_agent.py with --train-steps)")
+                   help="train a missing standard run folder first (train_agent.py with --train-steps) and finish "
+                        "an interrupted one; a policy trained on another setting (e.g. over another sigma range) is "
+                        "then an error instead of a skipped method")
     p.add_argument("--train-steps", type=int, default=20000, help="training budget of --train-missing (default 20000)")
     p.add_argument("--run-seeds", type=int, nargs="+", default=[0], metavar="SEED",
                    help="training seeds of the standard noise-aware and sigma-hidden runs (default 0; seed k > 0 is "

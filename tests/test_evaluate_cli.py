@@ -274,3 +274,21 @@ def test_exit_depth_0_leaves_every_multi_exit_method_out() -> None:
     names = [r[1] for r in evaluate.standard_runs(evaluate.parse_args(["--exit-depth", "0"]))]
     assert names and all(not n.startswith(("exit-", "thresholds-")) for n in names)
     assert "exit-sigma" in [r[1] for r in evaluate.standard_runs(evaluate.parse_args([]))]
+
+
+def test_train_missing_refuses_a_standard_run_trained_on_another_sigma_range(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import train_agent
+
+    monkeypatch.chdir(tmp_path)
+    name = "blockdrop-bernoulli-sigma"
+    args = ["--sigma-grid", "0", "0.1", "--chips", "1", "--images", "10", "--depths", "8", "--exit-depth", "0",
+            "--runs", name, "--train-missing", "--no-progress", "--out", "ev"]
+    # the run exists and is complete, but over sigma 0 to 0.05: the grid reaches 0.1
+    cmd = evaluate.train_command(name, evaluate.parse_args(args), [0.0, 0.05], steps=4096)
+    assert train_agent.main([*cmd[2:], "--no-report", "--no-progress"]) == 0
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"runs/digits/{name}" in err and "sigma 0 to 0.05" in err and "move it away" in err
+    assert not Path("ev").exists()

@@ -446,6 +446,12 @@ def _settings_differ(previous: dict[str, Any], result: dict[str, Any]) -> dict[s
     return {k: (previous.get(k, defaults.get(k)), v) for k, v in result.items() if previous.get(k, defaults.get(k)) != v}
 
 
+def default_run_dir(s: TrainSettings) -> Path:
+    """``runs/backbones/<name>-seed<seed>``, the seed not repeated when the name already ends with it."""
+    suffix = f"-seed{s.seed}"
+    return Path("runs") / "backbones" / (s.name if s.name.endswith(suffix) else s.name + suffix)
+
+
 def _train(s: TrainSettings) -> Path:
     from tqdm import tqdm
 
@@ -456,7 +462,7 @@ def _train(s: TrainSettings) -> Path:
     if s.threads > 0:
         torch.set_num_threads(s.threads)
     device = pick_device(s.device)
-    run_dir = Path(s.run_dir) if s.run_dir else Path("runs") / "backbones" / f"{s.name}-seed{s.seed}"
+    run_dir = Path(s.run_dir) if s.run_dir else default_run_dir(s)
     out_dir = Path(s.out) if s.out else cache_dir()
     settings_path = run_dir / "settings.json"
     result = s.result_fields()

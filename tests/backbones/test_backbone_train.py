@@ -14,6 +14,7 @@ from cim_gym.backbones.train import (
     TrainSettings,
     augment_batch,
     default_exit_weights,
+    default_run_dir,
     parse_args,
     random_keep_masks,
     survival_mask,
@@ -279,3 +280,11 @@ def test_an_environment_selects_a_recipe_through_backbone_kwargs(tmp_path: Path)
         gym.make("CIMBlockDrop-v0", backbone_kwargs={"folder": str(out), "recipe": "seed1"}, **kwargs)
     with pytest.raises(ValueError, match="recipe='shallow' is not allowed"):
         gym.make("CIMBlockDrop-v0", backbone_kwargs={"folder": str(out), "recipe": "shallow"}, **kwargs)
+
+
+@pytest.mark.parametrize(("seed", "folder"), [(0, "digits-resnet20-blockdrop-seed0"),
+                                              (1, "digits-resnet20-blockdrop-seed1")])
+def test_default_run_dir_names_the_seed_once(seed: int, folder: str) -> None:
+    # a second seed is in the checkpoint's name already ("...-seed1"): the folder does not repeat it
+    s = TrainSettings(dataset="digits", depth=20, seed=seed)
+    assert default_run_dir(s) == Path("runs") / "backbones" / folder
