@@ -17,7 +17,9 @@ STUDY=(python -m cim_gym.evaluation.noise_study --dataset fashion-mnist --chips 
 # depth against every noise source, the standard recipe
 "${STUDY[@]}" --depths 8 20 32 56
 # the recipe as a variable: a second training seed, and stochastic depth off (block-drop) or on (multi-exit); the
-# points measured before (the depth study, the two-recipe studies of the README) are copied, not remeasured
+# standard models' points are copied from the study before, not remeasured
 "${STUDY[@]}" --depths 20 56 --recipes standard seed1 no-stochastic-depth \
-    --reuse benchmarks/results/noise_study_fashion-mnist.csv benchmarks/results/noise_study_fashion-mnist_standard_*.csv
-"${STUDY[@]}" --variant multiexit --depths 32 --recipes standard stochastic-depth
+    --reuse benchmarks/results/noise_study_fashion-mnist.csv
+"${STUDY[@]}" --variant multiexit --depths 32
+"${STUDY[@]}" --variant multiexit --depths 32 --recipes standard stochastic-depth \
+    --reuse benchmarks/results/noise_study_fashion-mnist_multiexit.csv
