@@ -54,6 +54,25 @@ def test_ship_checks_a_checkpoint_then_puts_it_in_the_package(tmp_path: Path, mo
     assert bb.meta["accuracy"] == json.loads((out / f"{name}.json").read_text())["accuracy"]
 
 
+def test_skip_existing_retrains_a_checkpoint_shipped_by_another_command(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import cim_gym.backbones.shipped as shipped_mod
+
+    args = "--dataset digits --depth 8 --epochs 1"
+    names = {"digits-resnet8-blockdrop-seed5": "current", "digits-resnet8-blockdrop-seed6": "older",
+             "digits-resnet8-blockdrop-seed7": "missing"}
+    monkeypatch.setattr(shipped_mod, "SHIPPED_DIR", tmp_path)
+    for i, (name, state) in enumerate(names.items()):
+        monkeypatch.setitem(SHIPPED, name, f"{args} --seed {5 + i}")
+        recorded = canonical_command(SHIPPED[name]) + (" --lr 0.05" if state == "older" else "")
+        if state != "missing":
+            (tmp_path / f"{name}.json").write_text(json.dumps({"training": {"command": recorded}}))
+    trained: list[list[str]] = []
+    monkeypatch.setattr("cim_gym.backbones.train.main", trained.append)
+    shipped_mod.train(list(names), threads=1, skip_existing=True)
+    assert [a[a.index("--seed") + 1] for a in trained] == ["6", "7"]
+
+
 @pytest.mark.parametrize("name", SHIPPED_NAMES)
 def test_shipped_checkpoint_reproduces_its_accuracy(name: str) -> None:
     bb = load_backbone(name)
