@@ -77,11 +77,11 @@ def train(names: Sequence[str], threads: int, skip_existing: bool = False, out: 
     from cim_gym.backbones.train import main
 
     for name in names:
-        recorded = shipped_command(name)
-        if skip_existing and recorded == canonical_command(SHIPPED[name]):
-            print(f"=== {name}: already shipped by its command, skipped", flush=True)
-            continue
-        if skip_existing and recorded is not None:
+        recorded = shipped_command(name) if skip_existing else None
+        if recorded is not None:
+            if recorded == canonical_command(SHIPPED[name]):
+                print(f"=== {name}: already shipped by its command, skipped", flush=True)
+                continue
             print(f"=== {name}: shipped by another command ({recorded}), retrained", flush=True)
         args = shlex.split(SHIPPED[name]) + (["--ship"] if out is None else ["--out", str(out)]) + ["--no-progress"]
         if threads:
