@@ -39,7 +39,7 @@ SHIPPED: dict[str, str] = {
     "digits-resnet32-multiexit": f"{DIGITS_COMMON} --depth 32 --variant multiexit",
     "fashion-mnist-resnet8-blockdrop": f"{FASHION_COMMON} --depth 8 --variant blockdrop",
     "fashion-mnist-resnet20-blockdrop": f"{FASHION_COMMON} --depth 20 --variant blockdrop",
-    "fashion-mnist-resnet32-blockdrop": f"{FASHION_FIRST} --depth 32 --variant blockdrop",
+    "fashion-mnist-resnet32-blockdrop": f"{FASHION_COMMON} --depth 32 --variant blockdrop",
     "fashion-mnist-resnet56-blockdrop": f"{FASHION_COMMON} --depth 56 --variant blockdrop",
     "fashion-mnist-resnet32-multiexit": f"{FASHION_COMMON} --depth 32 --variant multiexit",
     # the training recipe as a variable (issue 9): stochastic depth off / on, a second seed
