@@ -49,14 +49,14 @@ MEASURED_ON: dict[str, str] = {
 
 
 def shipped_depths(dataset: str, variant: str = "blockdrop", folder: str | os.PathLike[str] | None = None) -> list[int]:
-    """Depths of the available backbones of a data set and variant, increasing: the shipped ones and the user cache,
-    or only those in ``folder`` when given (the ``--out`` of ``python -m cim_gym.backbones.train``)."""
-    from cim_gym.backbones import list_backbones, parse_name
+    """Depths of the available standard-recipe backbones of a data set and variant, increasing: the shipped ones and
+    the user cache, or only those in ``folder`` when given (the ``--out`` of ``python -m cim_gym.backbones.train``)."""
+    from cim_gym.backbones import list_backbones, split_name
 
     depths = []
     for name in list_backbones(None if folder is None else [Path(folder)]):
-        d, depth, v = parse_name(name)
-        if d == dataset and v == variant:
+        d, depth, v, recipe = split_name(name)
+        if d == dataset and v == variant and recipe == "standard":
             depths.append(depth)
     return sorted(set(depths))
 

@@ -3,11 +3,12 @@
     python -m cim_gym.evaluation.sigma_table --dataset fashion-mnist --images 1000
     python -m cim_gym.evaluation.sigma_table --dataset digits --images 0
 
-Every checkpoint runs its full path (a multi-exit model: its last exit) on the sweep engine's chips: programming
-variation at each sigma, ``--chips`` chips per sigma from one ChipPool seed (the same chips for every checkpoint of a
-data set, see :mod:`cim_gym.evaluation.sweep`), the ideal CIM preset otherwise (the checkpoints' own quantization
-config), on a fixed subset of the test split. A noise-free sigma is one chip (nothing is random there). Writes a CSV
-(one row per checkpoint, sigma and chip) and prints the table: mean and min-max over chips.
+Every standard-recipe checkpoint (the recipe variants: ``noise_study --recipes``) runs its full path (a multi-exit
+model: its last exit) on the sweep engine's chips: programming variation at each sigma, ``--chips`` chips per sigma
+from one ChipPool seed (the same chips for every checkpoint of a data set, see :mod:`cim_gym.evaluation.sweep`), the
+ideal CIM preset otherwise (the checkpoints' own quantization config), on a fixed subset of the test split. A
+noise-free sigma is one chip (nothing is random there). Writes a CSV (one row per checkpoint, sigma and chip) and
+prints the table: mean and min-max over chips.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-__all__ = ["main", "sigma_table"]
+__all__ = ["main", "sigma_table", "standard_names"]
 
 
 def sigma_table(names: Sequence[str], sigmas: Sequence[float], chips: int, images: int, out: Path, seed: int = 0,
                 progress: bool = True) -> str:
-    """Run the sweep for the checkpoints ``names`` (any data sets), write ``out`` (CSV) and return the Markdown table."""
-    from cim_gym.backbones import parse_name
+    """Run the sweep for the standard-recipe checkpoints ``names`` (any data sets), write ``out`` (CSV) and return the
+    Markdown table."""
+    from cim_gym.backbones import split_name
     from cim_gym.evaluation.methods import FixedDepth, FixedExit, Method
     from cim_gym.evaluation.sweep import Engine, SweepSpec
     from cim_gym.files import atomic_write
@@ -35,7 +37,10 @@ def sigma_table(names: Sequence[str], sigmas: Sequence[float], chips: int, image
     grid = sorted({float(s) for s in sigmas})
     by_dataset: dict[str, list[Method]] = {}
     for name in names:
-        dataset, depth, variant = parse_name(name)
+        dataset, depth, variant, recipe = split_name(name)
+        if recipe != "standard":  # the engine's methods name a depth, and it loads that depth's standard model
+            raise ValueError(f"checkpoint {name!r} has recipe {recipe!r}: the sigma table runs standard-recipe "
+                             "checkpoints only; noise_study --recipes measures the others")
         method = FixedDepth(name=name, depth=depth) if variant == "blockdrop" else FixedExit(name=name, depth=depth)
         by_dataset.setdefault(dataset, []).append(method)
     rows: list[dict[str, object]] = []
@@ -74,6 +79,14 @@ def sigma_table(names: Sequence[str], sigmas: Sequence[float], chips: int, image
     return "\n".join(md)
 
 
+def standard_names(dataset: str | None = None) -> list[str]:
+    """The standard-recipe checkpoints of :data:`~cim_gym.backbones.shipped.SHIPPED` (of ``dataset`` when given)."""
+    from cim_gym.backbones import split_name
+    from cim_gym.backbones.shipped import SHIPPED
+
+    return [n for n in SHIPPED if split_name(n)[3] == "standard" and dataset in (None, split_name(n)[0])]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from cim_gym.backbones.checkpoint import SHIPPED_DIR
     from cim_gym.backbones.shipped import SHIPPED
@@ -81,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cim_gym.evaluation.sigma_table", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=None, help="only this data set's checkpoints")
-    p.add_argument("--name", nargs="+", default=None, help="checkpoints (default: every shipped one)")
+    p.add_argument("--name", nargs="+", default=None,
+                   help="standard-recipe checkpoints (default: every shipped one)")
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1],
                    help="programming variation sigmas (default 0 0.02 0.05 0.1)")
     p.add_argument("--chips", type=int, default=5, help="chips per noisy sigma (default 5)")
@@ -97,10 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     if a.chips < 1:
         p.error(f"--chips {a.chips} is not allowed: expected an integer >= 1")
-    names = a.name or [n for n in SHIPPED if a.dataset is None or n.startswith(a.dataset + "-resnet")]
+    standard = standard_names()
+    names = a.name or standard_names(a.dataset)
     unknown = [n for n in names if n not in SHIPPED]
     if unknown:
         p.error(f"unknown checkpoint(s) {unknown}; known: {list(SHIPPED)}")
+    variants = [n for n in names if n not in standard]
+    if variants:
+        p.error(f"--name {variants}: recipe variants are not allowed here (the sweep engine loads each depth's "
+                f"standard model); use noise_study --recipes for them. Allowed: {standard}")
     names = [n for n in names if (SHIPPED_DIR / f"{n}.json").is_file()]
     if not names:
         p.error(f"--dataset {a.dataset!r} has no shipped checkpoints; data sets: "

@@ -350,3 +350,16 @@ def test_the_observing_gain_is_shown_per_training_seed_with_its_spread() -> None
                                        [0.0, 0.1], "σ 0 | σ 0.1"))
     assert "| p | t | sigma | 1.0 ± 0.0 | 0.0 ± 0.0 | 2.0 ± 0.0 | +0 |" in text
     assert "| p | t | seed 0: 1.0 ± 0.0, seed 1: 2.5 ± 0.0 | +1.8 | 1.5 |" in text
+
+
+def test_depths_of_a_folder_count_standard_recipe_backbones_only(tmp_path: Path) -> None:
+    from cim_gym.evaluation.grids import shipped_depths
+
+    assert shipped_depths("fashion-mnist") == [8, 20, 32, 56]
+    # a folder holding only a recipe variant has no standard model to measure or sweep
+    sidecar = SHIPPED_DIR / "fashion-mnist-resnet20-blockdrop-seed1.json"
+    (tmp_path / sidecar.name).write_text(sidecar.read_text())
+    tensors = SHIPPED_DIR / json.loads(sidecar.read_text())["file"]
+    (tmp_path / tensors.name).write_bytes(tensors.read_bytes())
+    assert shipped_depths("fashion-mnist", folder=tmp_path) == []
+    assert shipped_depths("fashion-mnist", folder=SHIPPED_DIR) == [8, 20, 32, 56]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cim_gym.evaluation.sigma_table import main
+from cim_gym.evaluation.sigma_table import main, sigma_table, standard_names
 from cim_gym.hardware.pool import pool_seed
 
 
@@ -31,3 +31,24 @@ def test_unknown_checkpoint_is_refused(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(["--name", "digits-resnet99-blockdrop"])
     assert "unknown checkpoint" in capsys.readouterr().err
+
+
+def test_a_recipe_variant_is_refused_not_swapped_for_the_standard_model(capsys: pytest.CaptureFixture) -> None:
+    # the engine loads each depth's standard model: a variant's row would silently repeat the standard one's
+    name = "fashion-mnist-resnet20-blockdrop-seed1"
+    with pytest.raises(SystemExit):
+        main(["--name", name])
+    assert name in capsys.readouterr().err
+    with pytest.raises(ValueError, match="recipe 'seed1'"):
+        sigma_table([name], [0.0], chips=1, images=10, out=Path("unused.csv"))
+
+
+def test_the_default_table_lists_standard_checkpoints_only() -> None:
+    from cim_gym.backbones.shipped import SHIPPED
+
+    names = standard_names("fashion-mnist")
+    assert "fashion-mnist-resnet56-blockdrop" in names and "fashion-mnist-resnet32-multiexit" in names
+    variants = {n for n in SHIPPED if n.startswith("fashion-mnist-") and n not in names}
+    assert "fashion-mnist-resnet20-blockdrop-seed1" in variants  # the case this guards exists
+    assert all(not n.endswith(("-seed1", "-stochastic-depth")) for n in names)
+    assert all(n.startswith("digits-") for n in standard_names("digits"))
