@@ -45,7 +45,7 @@ SHIPPED: dict[str, str] = {
     # the training recipe as a variable (issue 9): stochastic depth off / on, a second seed
     "fashion-mnist-resnet20-blockdrop-no-stochastic-depth": f"{FASHION_COMMON} --depth 20 --variant blockdrop --survival 1.0",
     "fashion-mnist-resnet56-blockdrop-no-stochastic-depth": f"{FASHION_COMMON} --depth 56 --variant blockdrop --survival 1.0",
-    "fashion-mnist-resnet32-multiexit-stochastic-depth": f"{FASHION_FIRST} --depth 32 --variant multiexit --survival 0.8",
+    "fashion-mnist-resnet32-multiexit-stochastic-depth": f"{FASHION_COMMON} --depth 32 --variant multiexit --survival 0.8",
     "fashion-mnist-resnet20-blockdrop-seed1": f"{FASHION_COMMON} --depth 20 --variant blockdrop --seed 1",
     "fashion-mnist-resnet56-blockdrop-seed1": f"{FASHION_FIRST} --depth 56 --variant blockdrop --seed 1",
 }
