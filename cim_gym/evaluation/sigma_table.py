@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=None, help="only this data set's checkpoints")
     p.add_argument("--name", nargs="+", default=None,
-                   help="standard-recipe checkpoints (default: every shipped one)")
+                   help="standard-recipe checkpoints (default: every shipped standard one)")
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1],
                    help="programming variation sigmas (default 0 0.02 0.05 0.1)")
     p.add_argument("--chips", type=int, default=5, help="chips per noisy sigma (default 5)")
