@@ -8,7 +8,7 @@
 # Wall time with one thread, the other core busy with another training (the 20 + 2 epoch recipe, on the machine of the
 # session that trained them): ResNet-8 13 min, ResNet-20 34 min, ResNet-32 66 min, ResNet-56 1.7 h, the multi-exit
 # ResNet-32 1.4 h (so the five standard ones and five variants take about 11 core-hours); the sigma table 7 min, the
-# depth-by-noise study 45 min, each recipe study 1-2 h (machines of earlier sessions were about 2.4x slower).
+# depth-by-noise study 45 min, each recipe study 35-55 min (machines of earlier sessions were about 2.4x slower).
 # Outputs: the checkpoints in cim_gym/backbones/weights/, the CSVs and PNGs in benchmarks/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

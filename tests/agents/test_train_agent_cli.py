@@ -79,8 +79,10 @@ def test_ctrl_c_leaves_a_loadable_checkpoint_that_resume_finishes(tmp_path: Path
     out = tmp_path / "interrupted"
     args = ["--algo", "reinforce", "--depth", "8", "--steps", "9600", "--batch-size", "32", "--finetune-share", "0",
             *SMALL, "--out", str(out)]
+    # a shell that starts the suite in the background passes SIGINT on ignored; Ctrl-C in a terminal is not
     proc = subprocess.Popen([sys.executable, str(ROOT / "train_agent.py"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out / "metrics.csv").exists() or len((out / "metrics.csv").read_text().splitlines()) < 3:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
